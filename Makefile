@@ -1,0 +1,36 @@
+# Two commands do all the set-up on a fresh machine (see README):
+#   make quickstart   create .venv, install, run the whole method on the built-in task
+#   make test         create .venv, install, lint and run the test suite
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+OUT ?= out/quickstart
+
+.PHONY: venv quickstart test lint format clean
+
+$(VENV)/.installed: setup.py
+	python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# torch is pinned to the CPU build that the test extra was tried with.
+	$(PIP) install -q "torch==2.13.0"
+	$(PIP) install -q -e '.[test,hf]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+quickstart: $(VENV)/.installed
+	$(VENV)/bin/dsbs quickstart --out $(OUT)
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: lint
+	$(PY) -m pytest -q -ra tests
+
+format: $(VENV)/.installed
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) out build *.egg-info

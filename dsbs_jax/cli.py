@@ -1,0 +1,72 @@
+"""The `dsbs` command.
+
+Each subcommand lives in `dsbs_jax/commands/<name>.py` and defines
+`add_arguments(parser)` and `run(args) -> int`. Modules are imported only when their
+command runs, so `dsbs --help` stays fast and one command's heavy imports never slow another.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from dsbs_jax.errors import UserError
+
+# name -> (module, one-line help). Order is the order of `dsbs --help`.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "tasks": ("tasks", "list registered SeqIO tasks and mixtures"),
+    "stats": ("stats", "per-split counts, parse failures and teacher accuracy of released data"),
+    "inspect": ("inspect", "show a task or mixture: examples, token lengths, task shares"),
+    "teach": ("teach", "stage 1: extract few-shot CoT rationales and labels from a teacher"),
+    "prepare": ("prepare", "write a TFDS dataset (train/validation/test) from teacher records"),
+    "vocab": ("vocab", "train a T5-style sentencepiece vocabulary on prepared records"),
+    "train": ("train", "train the T5 student (gin-configured, T5X conventions)"),
+    "eval": ("eval", "evaluate a checkpoint on a task or mixture"),
+    "predict": ("predict", "predict labels (and rationales) for a JSONL file of inputs"),
+    "sweep": ("sweep", "train methods x data fractions x seeds and write a report"),
+    "report": ("report", "rebuild a sweep report (tables and plots) from finished runs"),
+    "quickstart": ("quickstart", "the whole method end to end on the built-in task"),
+    "export": ("export", "export a checkpoint (Hugging Face format)"),
+}
+
+
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
+    """The top-level parser; only the chosen subcommand's arguments are loaded."""
+    parser = argparse.ArgumentParser(
+        prog="dsbs",
+        description="Distilling step-by-step on JAX: teacher -> records -> tasks -> trainer -> reports.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == chosen:
+            _load(module).add_arguments(p)
+    return parser
+
+
+def _load(module: str):
+    return importlib.import_module(f"dsbs_jax.commands.{module}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `dsbs` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    try:
+        return int(_load(COMMANDS[args.command][0]).run(args) or 0)
+    except UserError as e:
+        print(f"dsbs {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"dsbs {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
