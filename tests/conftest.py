@@ -11,7 +11,9 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 import pytest  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-SHARED_DATA = pathlib.Path(os.environ.get("DSBS_SHARED_DATA", REPO.parent / "shared" / "data" / "dsbs"))
+SHARED_DATA = pathlib.Path(
+    os.environ.get("DSBS_SHARED_DATA", REPO.parent / "shared" / "data" / "dsbs")
+)
 
 
 @pytest.fixture(scope="session")

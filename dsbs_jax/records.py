@@ -1,0 +1,131 @@
+"""The record: one distillation example, from the teacher to the student's tasks.
+
+A record carries the source fields, the rendered input, the gold label (where known), and what
+the teacher said: its raw text, the rationale and label parsed from it, and the parse status.
+Records are stored as JSON lines; reading validates every line and names file, line and field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from dsbs_jax.errors import UserError, located
+
+# Parse statuses. Only OK records feed the tasks that need teacher output.
+OK = "ok"
+NO_TEACHER = "no_teacher"  # no teacher output for this input (yet)
+NO_ANSWER = "no_answer"  # the answer marker is missing or ambiguous
+EMPTY_LABEL = "empty_label"  # the marker is there, the label after it is empty or malformed
+EMPTY_RATIONALE = "empty_rationale"  # a label, but no rationale before it
+STATUSES = (OK, NO_TEACHER, NO_ANSWER, EMPTY_LABEL, EMPTY_RATIONALE)
+
+
+@dataclasses.dataclass
+class Record:
+    """One example: source fields, rendered input, gold label, and the teacher's output."""
+
+    id: str
+    input: str
+    fields: dict[str, Any] = dataclasses.field(default_factory=dict)
+    gold_label: str | None = None
+    teacher_label: str | None = None
+    rationale: str | None = None
+    raw: str | None = None
+    status: str = NO_TEACHER
+
+    @property
+    def ok(self) -> bool:
+        """Whether the teacher output parsed into a label and a rationale."""
+        return self.status == OK
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "id": (str,),
+    "input": (str,),
+    "fields": (dict,),
+    "gold_label": (str, type(None)),
+    "teacher_label": (str, type(None)),
+    "rationale": (str, type(None)),
+    "raw": (str, type(None)),
+    "status": (str,),
+}
+_REQUIRED = ("id", "input")
+
+
+def record_from_json(
+    obj: Any, path: os.PathLike | str = "<record>", line: int | None = None
+) -> Record:
+    """Validates one decoded JSON object and builds a Record; errors name path, line and field."""
+    if not isinstance(obj, dict):
+        raise located(path, line, f"expected a JSON object, got {type(obj).__name__}")
+    for name in _REQUIRED:
+        if name not in obj:
+            raise located(path, line, "missing", field=name)
+    unknown = sorted(set(obj) - set(_FIELD_TYPES))
+    if unknown:
+        raise located(
+            path, line, "unknown field (known: " + ", ".join(_FIELD_TYPES) + ")", field=unknown[0]
+        )
+    for name, value in obj.items():
+        if not isinstance(value, _FIELD_TYPES[name]):
+            want = " or ".join(
+                "null" if t is type(None) else t.__name__ for t in _FIELD_TYPES[name]
+            )
+            raise located(path, line, f"expected {want}, got {type(value).__name__}", field=name)
+    status = obj.get("status", NO_TEACHER)
+    if status not in STATUSES:
+        raise located(
+            path, line, f"unknown status {status!r} (known: {', '.join(STATUSES)})", field="status"
+        )
+    return Record(**obj)
+
+
+def iter_jsonl(path: os.PathLike | str) -> Iterator[tuple[int, Any]]:
+    """Yields (line number, decoded object) for each non-blank line; a bad line names itself."""
+    if not os.path.exists(path):
+        raise UserError(f"{path}: no such file")
+    with open(path, encoding="utf-8") as f:
+        for lineno, text in enumerate(f, start=1):
+            if not text.strip():
+                continue
+            try:
+                yield lineno, json.loads(text)
+            except json.JSONDecodeError as e:
+                raise located(path, lineno, f"invalid JSON: {e.msg} (column {e.colno})") from None
+
+
+def read_records(path: os.PathLike | str) -> list[Record]:
+    """Reads and validates a records JSONL file."""
+    records = [record_from_json(obj, path, lineno) for lineno, obj in iter_jsonl(path)]
+    seen: dict[str, int] = {}
+    for i, r in enumerate(records):
+        if r.id in seen:
+            raise UserError(f"{path}: duplicate id {r.id!r} (records {seen[r.id] + 1} and {i + 1})")
+        seen[r.id] = i
+    return records
+
+
+def write_records(path: os.PathLike | str, records: Iterable[Record]) -> int:
+    """Writes records as JSON lines atomically (a temporary file, then rename); returns the count."""
+    tmp = f"{path}.tmp"
+    n = 0
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(tmp, "w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r.to_json(), ensure_ascii=False) + "\n")
+            n += 1
+    os.replace(tmp, path)
+    return n
+
+
+def append_record(f, record: Record) -> None:
+    """Appends one record to an open JSONL file and flushes it (for incremental writers)."""
+    f.write(json.dumps(record.to_json(), ensure_ascii=False) + "\n")
+    f.flush()
