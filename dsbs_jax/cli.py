@@ -54,12 +54,16 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `dsbs` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(argv)
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
     if not args.command:
         parser.print_help()
         return 2
+    module = _load(COMMANDS[args.command][0])
+    if extra and not getattr(module, "ACCEPTS_GIN_BINDINGS", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.gin_bindings = extra
     try:
-        return int(_load(COMMANDS[args.command][0]).run(args) or 0)
+        return int(module.run(args) or 0)
     except UserError as e:
         print(f"dsbs {args.command}: error: {e}", file=sys.stderr)
         return 2

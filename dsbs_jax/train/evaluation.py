@@ -1,0 +1,106 @@
+"""Evaluation with seqio's Evaluator: greedy decoding as its `predict_fn`, task metrics on gold."""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import numpy as np
+import seqio
+import tensorflow as tf
+
+from dsbs_jax.model import decode as decode_lib
+
+
+def make_decode_fn(
+    model, max_decode_length: int, eos_id: int = 1
+) -> Callable[[Any, np.ndarray], np.ndarray]:
+    """A jitted greedy decoder: (params, encoder tokens [B, L]) -> tokens [B, max_decode_length]."""
+
+    @functools.partial(jax.jit)
+    def run(params, encoder_input_tokens):
+        return decode_lib.greedy_decode(
+            model, params, encoder_input_tokens, max_decode_length, eos_id=eos_id
+        )
+
+    return run
+
+
+def decode_batches(
+    decode_fn: Callable, params: Any, encoder_tokens: np.ndarray, batch_size: int
+) -> list[list[int]]:
+    """Decodes all rows in fixed-size batches (the last one padded), so nothing recompiles."""
+    outputs: list[list[int]] = []
+    n = len(encoder_tokens)
+    for start in range(0, n, batch_size):
+        chunk = encoder_tokens[start : start + batch_size]
+        real = len(chunk)
+        if real < batch_size:
+            chunk = np.concatenate(
+                [chunk, np.zeros((batch_size - real, chunk.shape[1]), chunk.dtype)]
+            )
+        tokens = np.asarray(jax.device_get(decode_fn(params, chunk)))[:real]
+        for row in tokens:
+            row = row.tolist()
+            if 1 in row:
+                row = row[: row.index(1) + 1]
+            outputs.append(row)
+    return outputs
+
+
+def make_predict_fn(decode_fn: Callable, get_params: Callable[[], Any], batch_size: int):
+    """seqio's predict_fn: an enumerated dataset in, [(index, tokens)] out."""
+
+    def predict_fn(ds: tf.data.Dataset) -> list[tuple[int, list[int]]]:
+        indices, rows = [], []
+        for index, ex in ds.as_numpy_iterator():
+            indices.append(int(index))
+            rows.append(ex["encoder_input_tokens"])
+        if not rows:
+            return []
+        tokens = decode_batches(decode_fn, get_params(), np.stack(rows), batch_size)
+        return list(zip(indices, tokens))
+
+    return predict_fn
+
+
+def make_evaluator(
+    mixture_or_task_name: str,
+    split: str,
+    feature_lengths: Mapping[str, int],
+    log_dir: str | None,
+    num_examples: int | None = None,
+    use_cached: bool = False,
+) -> seqio.Evaluator | None:
+    """seqio's Evaluator over the tasks of the mixture that have metrics (None if none do)."""
+    loggers = (seqio.JSONLogger,) if log_dir else ()
+    try:
+        evaluator = seqio.Evaluator(
+            mixture_or_task_name,
+            feature_converter=seqio.EncDecFeatureConverter(pack=False),
+            eval_split=split,
+            use_cached=use_cached,
+            sequence_length=dict(feature_lengths),
+            num_examples=num_examples,
+            logger_cls=loggers,
+            log_dir=os.path.join(log_dir, "inference_eval") if log_dir else None,
+        )
+    except (AssertionError, ValueError):
+        return None
+    return evaluator if evaluator.eval_tasks else None
+
+
+def run_evaluation(evaluator: seqio.Evaluator, predict_fn, step: int) -> dict[str, float]:
+    """Runs the evaluator; returns flat `{task/metric: value}` scalars."""
+    all_metrics, _ = evaluator.evaluate(compute_metrics=True, step=step, predict_fn=predict_fn)
+    metrics = all_metrics.result() if hasattr(all_metrics, "result") else all_metrics
+    flat = {}
+    for task, values in metrics.items():
+        for name, value in values.items():
+            value = getattr(value, "value", value)
+            if np.ndim(value) == 0:
+                flat[f"{task}/{name}"] = float(value)
+    return flat

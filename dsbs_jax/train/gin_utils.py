@@ -1,0 +1,75 @@
+"""gin the way T5X users expect: --gin_file, --gin.NAME=value, --gin_search_paths.
+
+The package's own `gin_configs/` folder is always on the search path, so
+`--gin_file=runs/dsbs.gin` works from any directory, as does a path relative to the current one.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from collections.abc import Sequence
+
+import gin
+
+from dsbs_jax.errors import UserError
+
+PACKAGE_GIN_DIR = pathlib.Path(__file__).resolve().parents[1] / "gin_configs"
+
+
+def split_gin_args(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Splits `--gin.NAME=value` (and `--gin.NAME value`) out of argv into gin bindings."""
+    bindings, rest = [], []
+    it = iter(argv)
+    for arg in it:
+        if arg.startswith("--gin."):
+            body = arg[len("--gin.") :]
+            if "=" not in body:
+                value = next(it, None)
+                if value is None:
+                    raise UserError(f"{arg}: expected --gin.NAME=value")
+                body = f"{body}={value}"
+            name, value = body.split("=", 1)
+            bindings.append(f"{name} = {value}")
+        else:
+            rest.append(arg)
+    return bindings, rest
+
+
+def _literal_or_string(binding: str) -> str:
+    """T5X wants --gin.MODEL_DIR=\\"'/path'\\"; a bare path or name is also taken, as a string."""
+    name, value = (s.strip() for s in binding.split("=", 1))
+    try:
+        gin.parse_value(value)
+        return binding
+    except Exception:  # gin raises several kinds for a bare word
+        return f"{name} = {value!r}"
+
+
+def parse_gin(
+    gin_files: Sequence[str], bindings: Sequence[str], search_paths: Sequence[str] = ()
+) -> None:
+    """Parses gin files and bindings; errors name the file (and line) or the binding."""
+    for path in [os.getcwd(), *search_paths, str(PACKAGE_GIN_DIR)]:
+        gin.add_config_file_search_path(path)
+    if not gin_files:
+        raise UserError("no --gin_file given (for example --gin_file=runs/dsbs.gin)")
+    try:
+        gin.parse_config_files_and_bindings(
+            list(gin_files), [_literal_or_string(b) for b in bindings], finalize_config=False
+        )
+    except OSError as e:
+        raise UserError(f"gin: {e}") from None
+    except (ValueError, SyntaxError, KeyError, TypeError) as e:
+        raise UserError(f"gin: {str(e).splitlines()[0] if str(e) else e!r}") from None
+
+
+def add_gin_arguments(parser) -> None:
+    parser.add_argument("--gin_file", action="append", default=[], help="gin file (repeatable)")
+    parser.add_argument(
+        "--gin_search_paths", default="", help="comma-separated folders to look for gin files in"
+    )
+    parser.add_argument(
+        "--tfds_data_dir", default=None, help="prepared data (default $DSBS_DATA_DIR)"
+    )
+    parser.epilog = "gin bindings: --gin.NAME=value (as in T5X), e.g. --gin.TRAIN_STEPS=1000"

@@ -1,0 +1,130 @@
+"""Training batches from a seqio task or mixture, with per-task loss weights.
+
+`exact` weighting: each example's tasks (a dsbs mixture's label and rationale) travel together,
+adjacent in the stream and so packed into the same batch, and each task's mean token loss is
+weighted by its rate. `sampling` weighting: tasks are drawn at their rates, as T5X does, and
+every token weighs 1. Every host reads only its own shard (seqio.ShardInfo by process index)
+and yields its share of the global batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+
+import jax
+import numpy as np
+import seqio
+import tensorflow as tf
+
+from dsbs_jax.data.features import TASK_IDS, TaskWeightedEncDecFeatureConverter, add_task_ids
+from dsbs_jax.errors import UserError
+
+KEEP = ("inputs", "targets", TASK_IDS)
+
+
+def tasks_and_rates(name: str) -> tuple[list[seqio.Task], list[float]]:
+    """The tasks of a mixture (or a task alone) with their rates, normalised to sum to 1."""
+    try:
+        provider = seqio.get_mixture_or_task(name)
+    except ValueError:
+        known = ", ".join(
+            sorted(seqio.MixtureRegistry.names()) + sorted(seqio.TaskRegistry.names())
+        )
+        raise UserError(f"unknown task or mixture {name!r}; registered: {known}") from None
+    if isinstance(provider, seqio.Mixture):
+        tasks = list(provider.tasks)
+        rates = [float(provider.get_rate(t)) for t in tasks]
+    else:
+        tasks, rates = [provider], [1.0]
+    total = sum(rates)
+    if total <= 0:
+        raise UserError(f"mixture {name!r} has no positive rate")
+    return tasks, [r / total for r in rates]
+
+
+def _task_dataset(task, index, lengths, split, use_cached, shuffle, seed, shard_info, repeat):
+    ds = task.get_dataset(
+        sequence_length=dict(lengths),
+        split=split,
+        use_cached=use_cached,
+        shuffle=shuffle,
+        seed=seed,
+        shard_info=shard_info,
+        num_epochs=None if repeat else 1,
+    )
+    ds = add_task_ids(ds, index)
+    return ds.map(lambda ex: {k: ex[k] for k in (*KEEP, "id") if k in ex})
+
+
+def build_dataset(
+    mixture_or_task_name: str,
+    feature_lengths: Mapping[str, int],
+    batch_size: int,
+    weighting: str = "exact",
+    split: str = "train",
+    seed: int = 0,
+    use_cached: bool = False,
+    pack: bool = True,
+    shuffle_buffer: int = 10_000,
+    shard_info: seqio.ShardInfo | None = None,
+) -> tuple[tf.data.Dataset, list[str], list[float]]:
+    """The batched, converted tf.data pipeline; returns it with the task names and loss weights."""
+    tasks, rates = tasks_and_rates(mixture_or_task_name)
+    if shard_info is None and jax.process_count() > 1:
+        shard_info = seqio.ShardInfo(index=jax.process_index(), num_shards=jax.process_count())
+    if weighting == "exact" and len(tasks) > 1:
+        parts = [
+            _task_dataset(t, i, feature_lengths, split, use_cached, False, seed, shard_info, False)
+            for i, t in enumerate(tasks)
+        ]
+        zipped = tf.data.Dataset.zip(tuple(parts))
+        if all("id" in p.element_spec for p in parts):
+
+            def check(*exs):
+                for ex in exs[1:]:
+                    tf.debugging.assert_equal(
+                        ex["id"], exs[0]["id"], message="tasks of a mixture are misaligned"
+                    )
+                return exs
+
+            zipped = zipped.map(check)
+        zipped = zipped.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
+
+        def interleave(*exs):
+            out = tf.data.Dataset.from_tensors({k: exs[0][k] for k in KEEP})
+            for ex in exs[1:]:
+                out = out.concatenate(tf.data.Dataset.from_tensors({k: ex[k] for k in KEEP}))
+            return out
+
+        ds = zipped.flat_map(interleave)
+        weights = rates
+    else:
+        parts = [
+            _task_dataset(
+                t, i, feature_lengths, split, use_cached, True, seed + i, shard_info, True
+            )
+            for i, t in enumerate(tasks)
+        ]
+        parts = [p.map(lambda ex: {k: ex[k] for k in KEEP}) for p in parts]
+        ds = (
+            parts[0]
+            if len(parts) == 1
+            else tf.data.Dataset.sample_from_datasets(parts, rates, seed=seed)
+        )
+        weights = [1.0] * len(tasks)
+    converter = TaskWeightedEncDecFeatureConverter(weights, pack=pack)
+    ds = converter(ds, dict(feature_lengths))
+    local_batch = batch_size // jax.process_count()
+    if local_batch * jax.process_count() != batch_size:
+        raise UserError(f"BATCH_SIZE {batch_size} is not divisible by {jax.process_count()} hosts")
+    ds = ds.batch(local_batch, drop_remainder=True)
+    return ds, [t.name for t in tasks], weights
+
+
+def numpy_batches(
+    ds: tf.data.Dataset, start_step: int = 0, prefetch: int = 2
+) -> Iterator[dict[str, np.ndarray]]:
+    """Host-local numpy batches, skipping the `start_step` batches a resumed run already used."""
+    if start_step:
+        ds = ds.skip(start_step)
+    return ds.prefetch(prefetch).as_numpy_iterator()

@@ -1,0 +1,80 @@
+"""Optimizers (optax Adafactor as in T5, or AdamW) with their learning-rate schedules."""
+
+from __future__ import annotations
+
+import gin
+import jax.numpy as jnp
+import optax
+
+SCHEDULES = ("constant", "rsqrt", "cosine", "linear")
+
+
+@gin.configurable
+def learning_rate_schedule(
+    kind: str = "rsqrt",
+    base_learning_rate: float = 1.0,
+    warmup_steps: int = 10_000,
+    total_steps: int = 0,
+    end_fraction: float = 0.0,
+) -> optax.Schedule:
+    """T5's `rsqrt` (base / sqrt(max(step, warmup))), or `constant`, `cosine`, `linear`.
+
+    cosine and linear warm up linearly for warmup_steps, then decay to end_fraction * base at
+    total_steps (the trainer fills total_steps with TRAIN_STEPS when it is 0).
+    """
+    if kind not in SCHEDULES:
+        raise ValueError(f"learning_rate_schedule.kind must be one of {SCHEDULES}, got {kind!r}")
+    if kind == "constant":
+        return optax.constant_schedule(base_learning_rate)
+    if kind == "rsqrt":
+        warm = max(1, warmup_steps)
+        return lambda step: (
+            base_learning_rate / jnp.sqrt(jnp.maximum(step, warm).astype(jnp.float32))
+        )
+    total = max(total_steps, warmup_steps + 1)
+    if kind == "cosine":
+        return optax.warmup_cosine_decay_schedule(
+            0.0,
+            base_learning_rate,
+            max(1, warmup_steps),
+            total,
+            end_value=end_fraction * base_learning_rate,
+        )
+    return optax.join_schedules(
+        [
+            optax.linear_schedule(0.0, base_learning_rate, max(1, warmup_steps)),
+            optax.linear_schedule(
+                base_learning_rate, end_fraction * base_learning_rate, total - warmup_steps
+            ),
+        ],
+        [max(1, warmup_steps)],
+    )
+
+
+@gin.configurable
+def make_optimizer(
+    schedule: optax.Schedule,
+    name: str = "adafactor",
+    clip_grad_norm: float | None = None,
+    weight_decay: float = 0.0,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    adafactor_decay_rate: float = 0.8,
+    adafactor_clipping_threshold: float | None = 1.0,
+) -> optax.GradientTransformation:
+    """`adafactor` (T5X's settings: factored, parameter-scaled, no momentum) or `adamw`."""
+    if name == "adafactor":
+        tx = optax.adafactor(
+            learning_rate=schedule,
+            decay_rate=adafactor_decay_rate,
+            clipping_threshold=adafactor_clipping_threshold,
+            multiply_by_parameter_scale=True,
+            weight_decay_rate=weight_decay or None,
+        )
+    elif name == "adamw":
+        tx = optax.adamw(schedule, b1=b1, b2=b2, weight_decay=weight_decay)
+    else:
+        raise ValueError(f"make_optimizer.name must be 'adafactor' or 'adamw', got {name!r}")
+    if clip_grad_norm:
+        tx = optax.chain(optax.clip_by_global_norm(clip_grad_norm), tx)
+    return tx

@@ -1,0 +1,99 @@
+"""The device mesh ('data', 'model') and logical-axis partitioning rules, T5X-style.
+
+Parameters and activations are named with logical axes (batch, length, embed, mlp, heads, kv,
+joined_kv, vocab, relpos_buckets); a rule set maps each to a mesh axis or to None (replicated).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import gin
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+LogicalRules = tuple[tuple[str, str | None], ...]
+
+# 1D data parallelism + model parallelism over heads / mlp / vocab (T5X's standard rules with
+# parameter_partitioning_dims=1).
+STANDARD_RULES: LogicalRules = (
+    ("batch", "data"),
+    ("vocab", "model"),
+    ("embed", None),
+    ("mlp", "model"),
+    ("heads", "model"),
+    ("kv", None),
+    ("joined_kv", "model"),
+    ("length", None),
+    ("relpos_buckets", None),
+    ("abspos_buckets", None),
+    ("layers", None),
+    ("stack", None),
+    ("decode_batch", "data"),
+    ("cache_batch", "data"),
+    ("cache_heads", "model"),
+    ("cache_kv", None),
+    ("cache_sequence", None),
+)
+
+# FSDP: the same, plus parameters' `embed` dimension sharded over 'data' (T5X's
+# parameter_partitioning_dims=2), for models whose parameters do not fit one device.
+FSDP_RULES: LogicalRules = tuple((k, "data") if k == "embed" else (k, v) for k, v in STANDARD_RULES)
+
+
+@gin.configurable
+def logical_axis_rules(
+    kind: str = "standard", overrides: Sequence[tuple[str, str | None]] = ()
+) -> LogicalRules:
+    """The rule set by name (`standard` or `fsdp`), with per-axis overrides applied first."""
+    base = {"standard": STANDARD_RULES, "fsdp": FSDP_RULES}
+    if kind not in base:
+        raise ValueError(f"logical_axis_rules.kind must be one of {sorted(base)}, got {kind!r}")
+    override_keys = {k for k, _ in overrides}
+    return tuple(overrides) + tuple(r for r in base[kind] if r[0] not in override_keys)
+
+
+@gin.configurable
+def make_mesh(
+    num_partitions: int = 1,
+    model_parallel_submesh: Sequence[int] | None = None,
+    devices: Sequence[jax.Device] | None = None,
+) -> Mesh:
+    """A ('data', 'model') mesh over all devices.
+
+    num_partitions: devices on 'model' (T5X's knob); the rest go to 'data'.
+    model_parallel_submesh: T5X's (x, y, z, core) submesh of a TPU slice that forms one model
+      replica; its product is the 'model' axis size (overrides num_partitions).
+    """
+    devices = list(devices if devices is not None else jax.devices())
+    n = len(devices)
+    model = math.prod(model_parallel_submesh) if model_parallel_submesh else int(num_partitions)
+    if model < 1 or n % model:
+        raise ValueError(f"{n} devices cannot be split into model-parallel groups of {model}")
+    shape = (n // model, model)
+    try:
+        from jax.experimental import mesh_utils
+
+        if jax.process_count() > 1 and devices[0].platform != "cpu":
+            per_host = jax.local_device_count()
+            ici = (max(1, per_host // model), model)
+            dcn = (shape[0] // ici[0], 1)
+            arr = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices=devices)
+        else:
+            arr = mesh_utils.create_device_mesh(
+                shape, devices=devices, allow_split_physical_axes=True
+            )
+    except (ValueError, NotImplementedError, AssertionError):
+        arr = np.asarray(devices).reshape(shape)
+    return Mesh(arr, ("data", "model"))
+
+
+def data_sharding(mesh: Mesh) -> NamedSharding:
+    """Batch arrays: the leading (batch) dimension split over 'data'."""
+    return NamedSharding(mesh, PartitionSpec("data"))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())

@@ -1,0 +1,356 @@
+"""The native trainer: one linear `train()` you can read top to bottom.
+
+Sections: set-up and config, mesh, input pipeline, model and optimizer, shardings and state,
+checkpoint restore, the update step, evaluation, the train loop. Configured by gin with T5X's
+macros (see gin_configs/runs/*.gin); `dsbs train` calls it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import math
+import os
+import sys
+import time
+from typing import Any
+
+import flax.linen as nn
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from clu import metric_writers
+
+from dsbs_jax.data import vocab as vocab_lib
+from dsbs_jax.errors import UserError
+from dsbs_jax.model.t5 import T5Config, Transformer
+from dsbs_jax.train import checkpoints, evaluation, input_pipeline, losses, optimizers, partitioning
+
+log = logging.getLogger("dsbs.train")
+
+BATCH_KEYS = (
+    "encoder_input_tokens",
+    "decoder_input_tokens",
+    "decoder_target_tokens",
+    "decoder_loss_weights",
+    "decoder_task_ids",
+    "encoder_segment_ids",
+    "decoder_segment_ids",
+    "encoder_positions",
+    "decoder_positions",
+)
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What a run ended with: its last step, last metrics and the final evaluation."""
+
+    step: int
+    train_metrics: dict[str, float]
+    eval_metrics: dict[str, float]
+    test_metrics: dict[str, float]
+    model_dir: str
+
+
+def model_config_for(config: T5Config, mixture_or_task_name: str) -> T5Config:
+    """Fills vocab_size from the task's vocabulary (rounded up to 128) when the config leaves it 0."""
+    if getattr(config, "vocab_size", 0):
+        return config
+    size = vocab_lib.get_vocabulary(mixture_or_task_name).vocab_size
+    return dataclasses.replace(config, vocab_size=int(math.ceil(size / 128) * 128))
+
+
+def _model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
+    return {
+        k: batch[k]
+        for k in BATCH_KEYS
+        if k in batch and k not in ("decoder_loss_weights", "decoder_task_ids")
+    }
+
+
+class _Progress:
+    """A tqdm bar on a terminal; a log line every `every` steps otherwise."""
+
+    def __init__(self, start: int, total: int, every: int):
+        self.every, self.total, self.bar = every, total, None
+        self.t0, self.s0 = time.time(), start
+        if sys.stderr.isatty() and jax.process_index() == 0:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True)
+
+    def update(self, step: int, metrics: dict[str, float] | None) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+            if metrics:
+                self.bar.set_postfix(loss=f"{metrics['loss']:.4f}")
+        elif metrics is not None and jax.process_index() == 0:
+            done = step - self.s0
+            rate = done / max(time.time() - self.t0, 1e-9)
+            eta = (self.total - step) / rate if rate > 0 else float("nan")
+            print(
+                f"step {step}/{self.total}  loss {metrics['loss']:.4f}  "
+                f"{rate:.2f} steps/s  eta {eta:.0f}s",
+                flush=True,
+            )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+@gin.configurable
+def train(
+    model_dir: str = gin.REQUIRED,
+    mixture_or_task_name: str = gin.REQUIRED,
+    task_feature_lengths: dict[str, int] = gin.REQUIRED,
+    train_steps: int = gin.REQUIRED,
+    batch_size: int = 64,
+    model_config: T5Config = gin.REQUIRED,
+    loss_weighting: str = "exact",
+    random_seed: int = 0,
+    use_cached_tasks: bool = False,
+    initial_checkpoint_path: str | None = None,
+    eval_period: int = 1000,
+    eval_split: str = "validation",
+    eval_examples: int | None = None,
+    eval_batch_size: int = 64,
+    test_split: str | None = "test",
+    checkpoint_period: int = 1000,
+    checkpoint_every_secs: float | None = 1800.0,
+    keep_checkpoints: int | None = 3,
+    log_every: int = 50,
+    z_loss: float = 1e-4,
+    pack: bool = True,
+    vocabulary_path: str | None = None,
+    mesh: jax.sharding.Mesh | None = None,
+    axis_rules: partitioning.LogicalRules | None = None,
+    optimizer: optax.GradientTransformation | None = None,
+) -> TrainResult:
+    """Trains the student and returns its final metrics. Resumes from MODEL_DIR when it has checkpoints."""
+    # ---------------------------------------------------------------- set-up and config
+    if loss_weighting not in losses.WEIGHTINGS:
+        raise UserError(
+            f"LOSS_WEIGHTING must be one of {losses.WEIGHTINGS}, got {loss_weighting!r}"
+        )
+    if vocabulary_path:
+        vocab_lib.set_vocabulary_override(vocabulary_path)
+    os.makedirs(model_dir, exist_ok=True)
+    is_main = jax.process_index() == 0
+    if is_main:
+        with open(os.path.join(model_dir, "config.gin"), "w") as f:
+            f.write(gin.config_str())
+    config = model_config_for(model_config, mixture_or_task_name)
+    model = Transformer(config)
+
+    # ---------------------------------------------------------------- mesh
+    mesh = mesh or partitioning.make_mesh()
+    rules = axis_rules or partitioning.logical_axis_rules()
+    if batch_size % mesh.shape["data"]:
+        raise UserError(
+            f"BATCH_SIZE {batch_size} is not divisible by the mesh's data axis ({mesh.shape['data']})"
+        )
+    log.info("mesh %s over %d devices", dict(mesh.shape), mesh.size)
+
+    # ---------------------------------------------------------------- checkpoints: where do we start?
+    ckpt = checkpoints.Checkpointer(
+        model_dir, keep_checkpoints, checkpoint_period, checkpoint_every_secs
+    )
+    start_step = ckpt.latest_step() or 0
+
+    # ---------------------------------------------------------------- input pipeline
+    ds, task_names, task_weights = input_pipeline.build_dataset(
+        mixture_or_task_name,
+        task_feature_lengths,
+        batch_size,
+        weighting=loss_weighting,
+        seed=random_seed,
+        use_cached=use_cached_tasks,
+        pack=pack,
+    )
+    batches = input_pipeline.numpy_batches(ds, start_step=start_step)
+    num_tasks = len(task_names)
+
+    # ---------------------------------------------------------------- model and optimizer
+    schedule = optimizers.learning_rate_schedule(total_steps=train_steps)
+    tx = optimizer or optimizers.make_optimizer(schedule)
+    enc_len, dec_len = task_feature_lengths["inputs"], task_feature_lengths["targets"]
+
+    def init_params(rng):
+        enc = jnp.ones((1, enc_len), jnp.int32)
+        dec = jnp.ones((1, dec_len), jnp.int32)
+        return model.init({"params": rng}, enc, dec, dec, enable_dropout=False)["params"]
+
+    # ---------------------------------------------------------------- shardings and state
+    with mesh, nn.logical_axis_rules(rules):
+        boxed = jax.eval_shape(init_params, jax.random.PRNGKey(random_seed))
+        param_specs = nn.get_partition_spec(boxed)
+        param_shardings = nn.logical_to_mesh_sharding(param_specs, mesh, rules)
+        abstract_params = checkpoints.abstract_with_shardings(nn.meta.unbox(boxed), param_shardings)
+        opt_shardings = jax.jit(tx.init).lower(abstract_params).compile().output_shardings
+        abstract_opt = checkpoints.abstract_with_shardings(
+            jax.eval_shape(tx.init, abstract_params), opt_shardings
+        )
+
+        if start_step:
+            params, opt_state, meta = ckpt.restore(start_step, abstract_params, abstract_opt)
+            log.info(
+                "resumed from %s/checkpoint_%d (data position %s)",
+                model_dir,
+                start_step,
+                meta.get("data_position"),
+            )
+        else:
+            if initial_checkpoint_path:
+                params = checkpoints.load_params(initial_checkpoint_path, abstract_params)
+            else:
+                params = jax.jit(
+                    lambda r: nn.meta.unbox(init_params(r)), out_shardings=param_shardings
+                )(jax.random.PRNGKey(random_seed))
+            opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(params)
+
+    # ---------------------------------------------------------------- the update step
+    batch_sharding = partitioning.data_sharding(mesh)
+    dropout_key = jax.random.PRNGKey(random_seed + 1)
+
+    def train_step(params, opt_state, step, batch):
+        rng = jax.random.fold_in(dropout_key, step)
+
+        def loss_fn(p):
+            logits = model.apply(
+                {"params": p}, **_model_inputs(batch), enable_dropout=True, rngs={"dropout": rng}
+            )
+            tok = losses.token_losses(logits, batch["decoder_target_tokens"], z_loss)
+            return losses.weighted_loss(
+                tok,
+                batch["decoder_loss_weights"],
+                batch["decoder_task_ids"],
+                num_tasks,
+                loss_weighting,
+            )
+
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        aux["loss"] = loss
+        aux["grad_norm"] = optax.global_norm(grads)
+        aux["learning_rate"] = schedule(step)
+        return params, opt_state, aux
+
+    step_fn = jax.jit(
+        train_step,
+        in_shardings=(param_shardings, opt_shardings, None, batch_sharding),
+        out_shardings=(param_shardings, opt_shardings, None),
+        donate_argnums=(0, 1),
+    )
+
+    # ---------------------------------------------------------------- evaluation
+    writer = metric_writers.create_default_writer(
+        os.path.join(model_dir, "train"), just_logging=not is_main, asynchronous=True
+    )
+    eval_writer = metric_writers.create_default_writer(
+        os.path.join(model_dir, "eval"), just_logging=not is_main, asynchronous=True
+    )
+    os.makedirs(os.path.join(model_dir, "train"), exist_ok=True)
+    metrics_log = open(os.path.join(model_dir, "train", "metrics.jsonl"), "a") if is_main else None
+    decode_fn = evaluation.make_decode_fn(model, dec_len)
+    eval_batch = max(eval_batch_size // mesh.shape["data"], 1) * mesh.shape["data"]
+    current = {"params": params}
+    predict_fn = evaluation.make_predict_fn(decode_fn, lambda: current["params"], eval_batch)
+    evaluators: dict[str, Any] = {}
+
+    def evaluate(split: str, step: int, num_examples: int | None) -> dict[str, float]:
+        if split not in evaluators:
+            evaluators[split] = evaluation.make_evaluator(
+                mixture_or_task_name,
+                split,
+                task_feature_lengths,
+                model_dir if is_main else None,
+                num_examples,
+                use_cached_tasks,
+            )
+        if evaluators[split] is None:
+            return {}
+        with mesh, nn.logical_axis_rules(rules):
+            result = evaluation.run_evaluation(evaluators[split], predict_fn, step)
+        result = {f"{split}/{k}": v for k, v in result.items()}
+        eval_writer.write_scalars(step, result)
+        if is_main:
+            print(
+                f"step {step} " + "  ".join(f"{k} {v:.2f}" for k, v in sorted(result.items())),
+                flush=True,
+            )
+        return result
+
+    # ---------------------------------------------------------------- the train loop
+    progress = _Progress(start_step, train_steps, log_every)
+    last_metrics: dict[str, float] = {}
+    eval_metrics: dict[str, float] = {}
+    tokens_per_step = 0.0
+    t_last, steps_since = time.time(), 0
+    step = start_step
+    with mesh, nn.logical_axis_rules(rules):
+        while step < train_steps:
+            try:
+                host_batch = next(batches)
+            except StopIteration:
+                raise UserError(
+                    f"{mixture_or_task_name}: the training data ran out at step {step}"
+                ) from None
+            batch = {
+                k: jax.make_array_from_process_local_data(batch_sharding, host_batch[k])
+                for k in BATCH_KEYS
+                if k in host_batch
+            }
+            params, opt_state, aux = step_fn(params, opt_state, jnp.asarray(step, jnp.int32), batch)
+            current["params"] = params
+            step += 1
+            steps_since += 1
+            tokens_per_step = (
+                float((host_batch["decoder_target_tokens"] > 0).sum()) * jax.process_count()
+            )
+            report = step % log_every == 0 or step == train_steps
+            if report:
+                aux = jax.device_get(aux)
+                elapsed = max(time.time() - t_last, 1e-9)
+                last_metrics = {
+                    "loss": float(aux["loss"]),
+                    "grad_norm": float(aux["grad_norm"]),
+                    "learning_rate": float(aux["learning_rate"]),
+                }
+                for t, name in enumerate(task_names, start=1):
+                    last_metrics[f"loss/{name}"] = float(aux[f"task_{t}/loss"])
+                last_metrics["steps_per_second"] = steps_since / elapsed
+                last_metrics["seqs_per_second"] = steps_since * batch_size / elapsed
+                last_metrics["target_tokens_per_second"] = steps_since * tokens_per_step / elapsed
+                t_last, steps_since = time.time(), 0
+                if not math.isfinite(last_metrics["loss"]):
+                    raise UserError(
+                        f"the loss became {last_metrics['loss']} at step {step}; lower the learning rate"
+                    )
+                writer.write_scalars(step, last_metrics)
+                if metrics_log is not None:
+                    metrics_log.write(json.dumps({"step": step, **last_metrics}) + "\n")
+                    metrics_log.flush()
+            progress.update(step, last_metrics if report else None)
+            if ckpt.due(step, final=step == train_steps):
+                ckpt.save(
+                    step,
+                    params,
+                    opt_state,
+                    {"step": step, "data_position": step, "seed": random_seed},
+                )
+            if eval_period and (step % eval_period == 0 or step == train_steps):
+                eval_metrics = evaluate(eval_split, step, eval_examples)
+        progress.close()
+        test_metrics = evaluate(test_split, step, None) if test_split else {}
+    ckpt.close()
+    writer.flush()
+    eval_writer.flush()
+    if metrics_log is not None:
+        metrics_log.close()
+    return TrainResult(step, last_metrics, eval_metrics, test_metrics, model_dir)
