@@ -8,7 +8,6 @@ macros (see gin_configs/runs/*.gin); `dsbs train` calls it.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import logging
 import math
@@ -21,7 +20,6 @@ import flax.linen as nn
 import gin
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from clu import metric_writers
 

@@ -1,0 +1,31 @@
+"""`dsbs train`: the native trainer, configured by gin files and --gin.NAME=value as in T5X."""
+
+from __future__ import annotations
+
+from dsbs_jax.commands import _gin_command
+from dsbs_jax.train import gin_utils
+
+ACCEPTS_GIN_BINDINGS = True
+
+
+def add_arguments(parser) -> None:
+    gin_utils.add_gin_arguments(parser)
+    parser.add_argument(
+        "--multihost", action="store_true", help="call jax.distributed.initialize() first"
+    )
+
+
+def run(args) -> int:
+    if args.multihost:
+        from dsbs_jax.train import multihost
+
+        multihost.initialize()
+    from dsbs_jax.train import trainer
+
+    _gin_command.setup(args)
+    result = trainer.train()
+    summary = {**result.eval_metrics, **result.test_metrics}
+    print(f"finished at step {result.step}; model dir {result.model_dir}")
+    for k, v in sorted(summary.items()):
+        print(f"  {k}: {v:.2f}")
+    return 0

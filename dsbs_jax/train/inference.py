@@ -1,0 +1,139 @@
+"""Evaluation of a checkpoint and prediction on a file of inputs (`dsbs eval`, `dsbs predict`)."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import flax.linen as nn
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dsbs_jax.data import cards as cards_lib
+from dsbs_jax.data import vocab as vocab_lib
+from dsbs_jax.errors import UserError, located
+from dsbs_jax.model.t5 import T5Config, Transformer
+from dsbs_jax.records import iter_jsonl
+from dsbs_jax.train import checkpoints, evaluation, partitioning
+from dsbs_jax.train.trainer import model_config_for
+
+
+def load_model(config: T5Config, name: str, checkpoint_path: str, lengths: tuple[int, int]):
+    """The network and its parameters from a checkpoint, sharded on the default mesh."""
+    config = model_config_for(config, name)
+    model = Transformer(config)
+    mesh = partitioning.make_mesh()
+    rules = partitioning.logical_axis_rules()
+
+    def init(rng):
+        enc = jnp.ones((1, lengths[0]), jnp.int32)
+        dec = jnp.ones((1, lengths[1]), jnp.int32)
+        return model.init({"params": rng}, enc, dec, dec, enable_dropout=False)["params"]
+
+    with mesh, nn.logical_axis_rules(rules):
+        boxed = jax.eval_shape(init, jax.random.PRNGKey(0))
+        shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed), mesh, rules)
+        abstract = checkpoints.abstract_with_shardings(nn.meta.unbox(boxed), shardings)
+        params = checkpoints.load_params(checkpoint_path, abstract)
+    return model, params, mesh, rules
+
+
+@gin.configurable
+def evaluate_checkpoint(
+    checkpoint_path: str = gin.REQUIRED,
+    mixture_or_task_name: str = gin.REQUIRED,
+    task_feature_lengths: dict[str, int] = gin.REQUIRED,
+    model_config: T5Config = gin.REQUIRED,
+    split: str = "test",
+    batch_size: int = 64,
+    vocabulary_path: str | None = None,
+    output_dir: str | None = None,
+    num_examples: int | None = None,
+) -> dict[str, float]:
+    """Scores a checkpoint on a split with the tasks' metrics; returns `{task/metric: value}`."""
+    if vocabulary_path:
+        vocab_lib.set_vocabulary_override(vocabulary_path)
+    lengths = (task_feature_lengths["inputs"], task_feature_lengths["targets"])
+    model, params, mesh, rules = load_model(
+        model_config, mixture_or_task_name, checkpoint_path, lengths
+    )
+    evaluator = evaluation.make_evaluator(
+        mixture_or_task_name, split, task_feature_lengths, output_dir, num_examples
+    )
+    if evaluator is None:
+        raise UserError(f"{mixture_or_task_name}: no task with metrics has a {split!r} split")
+    decode_fn = evaluation.make_decode_fn(model, lengths[1])
+    batch = max(batch_size // mesh.shape["data"], 1) * mesh.shape["data"]
+    predict_fn = evaluation.make_predict_fn(decode_fn, lambda: params, batch)
+    with mesh, nn.logical_axis_rules(rules):
+        return evaluation.run_evaluation(evaluator, predict_fn, step=0)
+
+
+def _read_inputs(path: str, card: cards_lib.TaskCard) -> list[dict[str, Any]]:
+    rows = []
+    for lineno, obj in iter_jsonl(path):
+        if not isinstance(obj, dict):
+            raise located(path, lineno, "expected a JSON object")
+        if isinstance(obj.get("input"), str) and not all(
+            f in obj for f in card.fields if f != "input"
+        ):
+            text = obj["input"]
+        else:
+            try:
+                text = card.render_input(obj)
+            except KeyError as e:
+                raise located(
+                    path, lineno, "missing (give `input` or the card's fields)", field=e.args[0]
+                ) from None
+        rows.append({"id": obj.get("id", obj.get(card.id_field or "id", len(rows))), "input": text})
+    return rows
+
+
+@gin.configurable
+def predict_file(
+    input_file: str,
+    output_file: str,
+    checkpoint_path: str = gin.REQUIRED,
+    task: str = gin.REQUIRED,
+    model_config: T5Config = gin.REQUIRED,
+    explain: bool = False,
+    input_length: int = 512,
+    target_length: int = 256,
+    batch_size: int = 64,
+    vocabulary_path: str | None = None,
+) -> int:
+    """Writes `{id, input, prediction[, rationale]}` lines for each input; returns the count."""
+    if vocabulary_path:
+        vocab_lib.set_vocabulary_override(vocabulary_path)
+    card = cards_lib.load_card(task)
+    rows = _read_inputs(input_file, card)
+    name = f"{card.name}_label"
+    vocab = vocab_lib.get_vocabulary(name)
+    model, params, mesh, rules = load_model(
+        model_config, name, checkpoint_path, (input_length, target_length)
+    )
+    decode_fn = evaluation.make_decode_fn(model, target_length)
+    batch = max(batch_size // mesh.shape["data"], 1) * mesh.shape["data"]
+
+    def run(prefix: str) -> list[str]:
+        tokens = np.zeros((len(rows), input_length), np.int32)
+        for i, r in enumerate(rows):
+            ids = list(vocab.encode(prefix + r["input"]))[: input_length - 1] + [1]
+            tokens[i, : len(ids)] = ids
+        with mesh, nn.logical_axis_rules(rules):
+            outs = evaluation.decode_batches(decode_fn, params, tokens, batch)
+        return [vocab.decode([t for t in o if t > 1]) for o in outs]
+
+    predictions = run("predict: ")
+    rationales = run("explain: ") if explain else None
+    os.makedirs(os.path.dirname(os.path.abspath(output_file)), exist_ok=True)
+    with open(output_file, "w", encoding="utf-8") as f:
+        for i, r in enumerate(rows):
+            out = {"id": r["id"], "input": r["input"], "prediction": predictions[i]}
+            if rationales is not None:
+                out["rationale"] = rationales[i]
+            f.write(json.dumps(out, ensure_ascii=False) + "\n")
+    return len(rows)
