@@ -10,6 +10,7 @@ from dsbs_jax.builtin import arith
 from dsbs_jax.data import sources
 from dsbs_jax.data.cards import load_card
 from dsbs_jax.records import OK
+from dsbs_jax.teacher import prompts
 from dsbs_jax.teacher.parse import parse_output
 
 CARD = load_card("arith")
@@ -121,9 +122,10 @@ def test_card_renders_input_and_its_exemplars_are_right():
     p = arith.generate(1, seed=0, split="test")[0]
     assert CARD.render_input(p) == p["question"]
     assert CARD.gold_label(p) == p["answer"]
+    prompts.check_exemplars(CARD, CARD.exemplars, CARD.path)
+    assert prompts.build_prompt(CARD, p).endswith(f"Q: {p['question']}\nA:")
     for ex in CARD.exemplars:
-        raw = CARD.prompt_template.format(input=CARD.render_input(ex), **ex).split("\nA: ", 1)[1]
-        rationale, label, status = parse_output(raw, CARD.parse)
+        rationale, label, status = parse_output(prompts.exemplar_continuation(CARD, ex), CARD.parse)
         assert status == OK and label == ex["answer"]
         assert _EQ.findall(rationale)[-1][3] == ex["answer"]
 

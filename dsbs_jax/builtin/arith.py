@@ -7,7 +7,8 @@ multiply, share out), worded from several templates and in several sentence orde
     How many shells does Mia have now?
 
 Gold fields: `id`, `question`, `answer` (the final number as text), and the structure the
-simulated teacher reasons over: `name`, `object`, `start`, `steps` (each `op`, `n`, `says`).
+simulated teacher reasons over: `name`, `object`, `start`, `start_says` (the opening of a
+rationale), `steps` (each `op`, `n`, and `says`: the event as a rationale retells it).
 Every intermediate result stays in 0..max_result, divisions are exact, nothing goes negative.
 
 `simulate_teacher` writes a raw chain-of-thought continuation as a few-shot LLM would
