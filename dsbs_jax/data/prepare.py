@@ -1,0 +1,201 @@
+"""Writes the records of one dataset as a TFDS dataset on disk: `dsbs_<task>` 1.0.0.
+
+Splits are `train`, `validation` and `test`. Where the released data has no validation split
+(cqa, svamp), validation is a seeded 10% of train (`card.validation_fraction`, seed 0, a numpy
+permutation). Where the released train file is absent (e-SNLI here: its training inputs are not
+shipped), `train` is built from the released `valid` split, and validation is carved from it the
+same way; a line says so. TFDS stores each split in an order fixed by a hash of the example keys,
+so `train[:25%]` is a pseudo-random quarter of train, the same one on every run and machine.
+
+Every record is kept, parsed or not, with its `status`; the SeqIO tasks filter them, so counts
+stay visible. The dataset reads back with plain `tfds.builder("dsbs_<task>", data_dir=OUT)` in a
+process that never imported this module (TFDS reads it from its files).
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import os
+import shutil
+from collections.abc import Callable
+
+import numpy as np
+
+from dsbs_jax.data import paths
+from dsbs_jax.data.cards import TaskCard
+from dsbs_jax.data.sources import read_released
+from dsbs_jax.errors import UserError
+from dsbs_jax.records import Record, read_records
+
+FEATURES = ("id", "input", "gold_label", "teacher_label", "rationale", "status")
+OUR_SPLITS = ("train", "validation", "test")
+DEFAULT_VALIDATION_FRACTION = 0.1
+
+
+def carve_validation(
+    records: list[Record], fraction: float, seed: int = 0
+) -> tuple[list[Record], list[Record]]:
+    """(train, validation): validation is the first ceil(fraction * n) of a seeded permutation."""
+    perm = np.random.default_rng(seed).permutation(len(records))
+    n_val = math.ceil(fraction * len(records))
+    return [records[i] for i in perm[n_val:]], [records[i] for i in perm[:n_val]]
+
+
+def _released_name(card: TaskCard, split: str) -> str:
+    """Maps our split name (or a released one) to the released split name."""
+    if split in card.gold_files:
+        return split
+    mapped = card.splits.get(split)
+    if mapped is None and split == "validation":
+        mapped = "valid"
+    if mapped is None:
+        raise UserError(f"{card.name}: unknown split {split!r} for --records")
+    return mapped
+
+
+def collect_records(
+    card: TaskCard,
+    source_dir: str | None,
+    record_files: dict[str, str] | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, list[Record]]:
+    """Records per released split: from `record_files` (split -> JSONL) or the released layout."""
+    record_files = {_released_name(card, s): p for s, p in (record_files or {}).items()}
+    if source_dir is not None and not os.path.isdir(source_dir):
+        raise UserError(f"{source_dir}: no such directory")
+    out: dict[str, list[Record]] = {}
+    for split, path in record_files.items():
+        log(f"reading {split}: {path}")
+        out[split] = read_records(path)
+    if source_dir is not None:
+        for split, file in card.gold_files.items():
+            if split in out or not os.path.exists(os.path.join(source_dir, file)):
+                continue
+            log(f"reading {split}: {os.path.join(source_dir, file)} + llm/{split}_CoT_*.json")
+            out[split] = read_released(card, source_dir, split)
+    if not out:
+        where = source_dir if source_dir is not None else "--records"
+        raise UserError(
+            f"{where}: no {card.name} records found (gold files: "
+            f"{', '.join(card.gold_files.values())})"
+        )
+    return out
+
+
+def build_splits(
+    card: TaskCard, released: dict[str, list[Record]], log: Callable[[str], None] = print
+) -> dict[str, list[Record]]:
+    """Our train / validation / test splits from the released ones (see the module docstring)."""
+    train_name = card.splits.get("train", "train")
+    val_name = card.splits.get("validation")
+    test_name = card.splits.get("test", "test")
+    fraction = card.validation_fraction or DEFAULT_VALIDATION_FRACTION
+    out: dict[str, list[Record]] = {}
+    if train_name in released:
+        train = released[train_name]
+        if val_name and val_name in released:
+            out["train"], out["validation"] = train, released[val_name]
+        else:
+            out["train"], out["validation"] = carve_validation(train, fraction)
+            log(f"validation: {fraction:.0%} of released {train_name} (seed 0)")
+    elif val_name and val_name in released:
+        out["train"], out["validation"] = carve_validation(released[val_name], fraction)
+        log(
+            f"no released {train_name} split: train is built from released {val_name} "
+            f"({len(out['train'])} examples); validation is {fraction:.0%} of it (seed 0)"
+        )
+    else:
+        raise UserError(f"{card.name}: neither a {train_name!r} nor a validation split to train on")
+    if test_name in released:
+        out["test"] = released[test_name]
+    else:
+        log(f"no released {test_name} split: the dataset has no test split")
+    return out
+
+
+def _example(r: Record) -> dict[str, str]:
+    return {
+        "id": r.id,
+        "input": r.input,
+        "gold_label": r.gold_label or "",
+        "teacher_label": r.teacher_label or "",
+        "rationale": r.rationale or "",
+        "status": r.status,
+    }
+
+
+def _builder_class(name: str, splits: dict[str, list[Record]]) -> type:
+    """A one-off TFDS builder for `name` whose examples are the given records."""
+    import tensorflow_datasets as tfds
+
+    class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+        VERSION = tfds.core.Version(paths.VERSION)
+        RELEASE_NOTES = {paths.VERSION: "Records of dsbs-jax, one example per record."}
+        # No checksums file to look for (and TFDS's lookup of one needs `importlib_resources`
+        # on Python >= 3.9, which TFDS does not declare).
+        code_path = None
+
+        def _info(self):
+            return self.dataset_info_from_configs(
+                description="dsbs-jax records: input, gold and teacher labels, rationale.",
+                features=tfds.features.FeaturesDict({k: tfds.features.Text() for k in FEATURES}),
+            )
+
+        def _split_generators(self, dl_manager):
+            return {s: self._generate_examples(records) for s, records in splits.items()}
+
+        def _generate_examples(self, records):
+            for i, r in enumerate(records):
+                yield i, _example(r)
+
+    Builder.name = name
+    return Builder
+
+
+def _remove_empty_tree(path: str) -> None:
+    """Removes the empty `downloads/` folder TFDS leaves behind (nothing is downloaded)."""
+    for root, _, _ in os.walk(path, topdown=False):
+        try:
+            os.rmdir(root)
+        except OSError:
+            return
+
+
+def write_tfds(
+    dataset: str,
+    splits: dict[str, list[Record]],
+    data_dir: str,
+    log: Callable[[str], None] = print,
+) -> str:
+    """Writes `dsbs_<dataset>` 1.0.0 under data_dir (replacing an older copy); returns its path."""
+    import tensorflow_datasets as tfds
+
+    tfds.disable_progress_bar()
+    name = paths.tfds_dataset_name(dataset)
+    version_dir = os.path.join(data_dir, name, paths.VERSION)
+    if os.path.exists(version_dir):
+        log(f"replacing {version_dir}")
+        shutil.rmtree(version_dir)
+    for split, records in splits.items():
+        counts = collections.Counter(r.status for r in records)
+        detail = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+        log(f"writing {split}: {len(records)} examples ({detail or 'none'})")
+    _builder_class(name, splits)(data_dir=data_dir).download_and_prepare()
+    _remove_empty_tree(os.path.join(data_dir, "downloads"))
+    log(f"wrote {version_dir}")
+    return version_dir
+
+
+def prepare(
+    card: TaskCard,
+    source_dir: str | None,
+    data_dir: str,
+    record_files: dict[str, str] | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, int]:
+    """Reads, splits and writes one dataset; returns the number of examples per split."""
+    released = collect_records(card, source_dir, record_files, log)
+    splits = build_splits(card, released, log)
+    write_tfds(card.name, splits, data_dir, log)
+    return {s: len(r) for s, r in splits.items()}

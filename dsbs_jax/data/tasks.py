@@ -1,0 +1,203 @@
+"""SeqIO registration: the tasks and mixtures of one task card.
+
+For a dataset DS (a card), `register_card_tasks` registers:
+- `DS_label`: `predict: <input>` -> the teacher label on train, the GOLD label on validation and
+  test (so evaluation always scores against gold); metric from the card.
+- `DS_rationale`: `explain: <input>` -> the teacher rationale on every split; no metric.
+- `DS_gold_label`: `predict: <input>` -> the gold label on every split; metric from the card.
+- mixtures `DS_dsbs` (label at alpha = 0.5, rationale at 0.5), `DS_dsbs_a10` ... `DS_dsbs_a90`
+  (see `register_dsbs_mixture`), `DS_finetune` (gold labels alone), `DS_distill` (teacher labels
+  alone).
+Examples whose teacher output did not parse (status != "ok") are dropped from the teacher tasks
+where teacher output is used (label on train, rationale everywhere); `dsbs stats` counts them.
+
+Every example keeps `id` (the record id) and `task` (the task name) next to `inputs`, `targets`,
+`inputs_pretokenized` and `targets_pretokenized`. A mixture's `get_dataset` keeps them only when
+asked: `passthrough_features=["id", "task"]`, `copy_pretokenized=True`.
+
+The source reads the prepared TFDS dataset `dsbs_DS:1.0.0` and passes any split string through
+to TFDS, so `train[:25%]` and `train[:500]` work. Its data dir is resolved at each use (see
+`dsbs_jax.data.paths`): seqio's override, the registration's `data_dir`, $DSBS_DATA_DIR.
+Registration is idempotent: registering a name again replaces it.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import seqio
+import tensorflow as tf
+
+from dsbs_jax import metrics
+from dsbs_jax.data import paths
+from dsbs_jax.data.cards import TaskCard
+from dsbs_jax.data.vocab import dataset_vocabulary
+
+LABEL_PREFIX = "predict: "
+RATIONALE_PREFIX = "explain: "
+DEFAULT_ALPHA = 0.5
+DEFAULT_ALPHAS = tuple(a / 10 for a in range(1, 10))
+KEPT_FEATURES = ("id", "task")
+
+
+def base_split(split: str) -> str:
+    """`train[:25%]` -> `train`: the split a TFDS split expression reads from."""
+    return split.split("[", 1)[0].split("+", 1)[0].strip()
+
+
+class _Loader(seqio.utils.LazyTfdsLoader):
+    """seqio's TFDS loader with our data-dir rule, resolved at every use (never cached)."""
+
+    @property
+    def data_dir(self) -> str:
+        return paths.resolve_data_dir(self._data_dir)
+
+
+class DsbsTfdsSource(seqio.TfdsDataSource):
+    """Reads `dsbs_<dataset>:1.0.0`; any TFDS split expression passes through unchanged.
+
+    Each example gains a scalar string feature `split`: the base split it came from (`train`
+    for `train[:25%]`), which the preprocessors use to pick teacher or gold targets.
+    """
+
+    def __init__(self, dataset: str, data_dir: str | os.PathLike | None = None):
+        name = f"{paths.tfds_dataset_name(dataset)}:{paths.VERSION}"
+        super().__init__(tfds_name=name)
+        self._tfds_dataset = _Loader(
+            name, data_dir=os.fspath(data_dir) if data_dir is not None else None
+        )
+
+    def get_dataset(
+        self,
+        split: str | None = None,
+        shuffle: bool = True,
+        seed: int | None = None,
+        shard_info: seqio.ShardInfo | None = None,
+        *,
+        sequence_length=None,
+        use_cached: bool = False,
+        num_epochs: int | None = 1,
+    ) -> tf.data.Dataset:
+        split = split or "train"
+        ds = super().get_dataset(split, shuffle=shuffle, seed=seed, shard_info=shard_info)
+        name = tf.constant(base_split(split))
+        return ds.map(lambda ex: {**ex, "split": name}, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+# --- preprocessors (module-level functions, bound with functools.partial) ----------------------
+
+
+def _keep(ex, use_teacher_label: bool, needs_rationale: bool):
+    ok = tf.equal(ex["status"], "ok")
+    is_train = tf.equal(ex["split"], "train")
+    if needs_rationale:
+        return ok
+    if use_teacher_label:  # the teacher's label on train, gold elsewhere
+        return tf.where(is_train, ok, tf.strings.length(ex["gold_label"]) > 0)
+    return tf.strings.length(ex["gold_label"]) > 0
+
+
+def _render(ex, task: str, kind: str):
+    if kind == "rationale":
+        prefix, target = RATIONALE_PREFIX, ex["rationale"]
+    elif kind == "label":
+        prefix = LABEL_PREFIX
+        target = tf.where(tf.equal(ex["split"], "train"), ex["teacher_label"], ex["gold_label"])
+    else:  # gold_label
+        prefix, target = LABEL_PREFIX, ex["gold_label"]
+    return {
+        "id": ex["id"],
+        "task": tf.constant(task),
+        "inputs": tf.strings.join([prefix, ex["input"]]),
+        "targets": target,
+    }
+
+
+def render(dataset: tf.data.Dataset, task: str, kind: str) -> tf.data.Dataset:
+    """Filters a source's examples for a task kind and renders inputs/targets text."""
+    keep = functools.partial(
+        _keep, use_teacher_label=kind == "label", needs_rationale=kind == "rationale"
+    )
+    dataset = dataset.filter(keep)
+    return dataset.map(
+        functools.partial(_render, task=task, kind=kind), num_parallel_calls=tf.data.AUTOTUNE
+    )
+
+
+def decode_text(output, example=None, is_target: bool = False) -> str:
+    """Postprocess for metrics: model output or target as text (bytes are decoded)."""
+    return output.decode("utf-8") if isinstance(output, bytes) else str(output)
+
+
+# --- registration ------------------------------------------------------------------------------
+
+
+def _add_task(name: str, source, kind: str, vocab, metric_fns) -> None:
+    seqio.TaskRegistry.remove(name)
+    seqio.TaskRegistry.add(
+        name,
+        source=source,
+        preprocessors=[
+            functools.partial(render, task=name, kind=kind),
+            seqio.preprocessors.tokenize,
+            seqio.CacheDatasetPlaceholder(),
+            seqio.preprocessors.append_eos_after_trim,
+        ],
+        output_features={
+            "inputs": seqio.Feature(vocabulary=vocab, add_eos=True),
+            "targets": seqio.Feature(vocabulary=vocab, add_eos=True),
+        },
+        postprocess_fn=decode_text,
+        metric_fns=metric_fns,
+    )
+
+
+def _add_mixture(name: str, tasks: list[tuple[str, float]]) -> None:
+    seqio.MixtureRegistry.remove(name)
+    seqio.MixtureRegistry.add(name, tasks)
+
+
+def dsbs_mixture_name(dataset: str, alpha: float) -> str:
+    """`DS_dsbs` for alpha 0.5, else `DS_dsbs_a80` (alpha 0.8), `DS_dsbs_a12p5` (0.125)."""
+    if abs(alpha - DEFAULT_ALPHA) < 1e-9:
+        return f"{dataset}_dsbs"
+    return f"{dataset}_dsbs_a{alpha * 100:g}".replace(".", "p")
+
+
+def register_dsbs_mixture(dataset: str, alpha: float) -> str:
+    """Registers `DS_dsbs[_aNN]`: DS_label at rate alpha, DS_rationale at 1 - alpha."""
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    name = dsbs_mixture_name(dataset, alpha)
+    _add_mixture(name, [(f"{dataset}_label", alpha), (f"{dataset}_rationale", 1.0 - alpha)])
+    return name
+
+
+def register_card_tasks(card: TaskCard, data_dir: str | os.PathLike | None = None) -> list[str]:
+    """Registers the tasks and mixtures of one card; returns their names. Idempotent."""
+    ds = card.name
+    source = DsbsTfdsSource(ds, data_dir)
+    vocab = dataset_vocabulary(ds, data_dir)
+    label_metric = [metrics.seqio_metric(card.metric)]
+    _add_task(f"{ds}_label", source, "label", vocab, label_metric)
+    _add_task(f"{ds}_rationale", source, "rationale", vocab, [])
+    _add_task(f"{ds}_gold_label", source, "gold_label", vocab, label_metric)
+    names = [f"{ds}_label", f"{ds}_rationale", f"{ds}_gold_label"]
+    names.append(register_dsbs_mixture(ds, DEFAULT_ALPHA))
+    for alpha in DEFAULT_ALPHAS:
+        name = f"{ds}_dsbs_a{round(alpha * 100)}"
+        _add_mixture(name, [(f"{ds}_label", alpha), (f"{ds}_rationale", 1.0 - alpha)])
+        names.append(name)
+    _add_mixture(f"{ds}_finetune", [(f"{ds}_gold_label", 1.0)])
+    _add_mixture(f"{ds}_distill", [(f"{ds}_label", 1.0)])
+    names += [f"{ds}_finetune", f"{ds}_distill"]
+    return names
+
+
+def registered_dsbs_names() -> dict[str, list[str]]:
+    """Registered task and mixture names, each list sorted."""
+    return {
+        "tasks": sorted(seqio.TaskRegistry.names()),
+        "mixtures": sorted(seqio.MixtureRegistry.names()),
+    }
