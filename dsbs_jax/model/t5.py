@@ -1,0 +1,698 @@
+"""T5 v1.1 encoder-decoder in flax linen, with T5X's parameter names and logical axes.
+
+The parameter tree matches T5X's `t5x/examples/t5/network.py` one to one (names, shapes, axes),
+so T5X checkpoints load without renaming. Differences from T5X, none of which change the numbers:
+the relative position bias is computed once per stack (T5X recomputes it in every layer from the
+same parameters), the bias follows the `*_positions` arrays when they are given, and the key/value
+cache is laid out [batch, length, heads, head_dim].
+
+`T5Config` is gin-configurable (classic gin, no dynamic registration) as `t5.T5Config`
+(full name `dsbs_jax.model.t5.T5Config`); see `dsbs_jax/gin_configs/models/`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+
+_NEG_INF = -1e10
+_NORM_EPS = 1e-6
+
+
+@gin.configurable(module="dsbs_jax.model.t5")
+@dataclasses.dataclass(frozen=True)
+class T5Config:
+    """Hyperparameters of a T5 v1.1 network (names as in T5X's `T5Config`)."""
+
+    vocab_size: int
+    emb_dim: int
+    num_heads: int
+    num_encoder_layers: int
+    num_decoder_layers: int
+    head_dim: int
+    mlp_dim: int
+    mlp_activations: Sequence[str] = ("gelu", "linear")
+    dropout_rate: float = 0.1
+    logits_via_embedding: bool = False
+    dtype: str = "float32"  # activations: 'float32' | 'bfloat16'
+    param_dtype: str = "float32"
+    relative_attention_num_buckets: int = 32
+    relative_attention_max_distance: int = 128
+    float32_attention_logits: bool = True
+    remat_policy: str = "none"  # 'none' | 'full' (recompute each layer on the backward pass)
+
+    def __post_init__(self):
+        object.__setattr__(self, "mlp_activations", tuple(self.mlp_activations))
+        for field in ("dtype", "param_dtype"):
+            if getattr(self, field) not in ("float32", "bfloat16"):
+                raise ValueError(f"T5Config.{field} must be 'float32' or 'bfloat16'")
+        if self.remat_policy not in ("none", "full"):
+            raise ValueError("T5Config.remat_policy must be 'none' or 'full'")
+
+
+def _dt(name: str) -> jnp.dtype:
+    return jnp.dtype(name)
+
+
+def _param(
+    module: nn.Module, name: str, init: Any, shape: tuple[int, ...], axes: tuple[str, ...], dtype
+) -> Array:
+    """A parameter carrying its logical axis names (`nn.LogicallyPartitioned` when boxed)."""
+    return module.param(name, nn.with_logical_partitioning(init, axes), shape, _dt(dtype))
+
+
+def _dense_init(in_axis, out_axis, distribution: str = "truncated_normal"):
+    return nn.initializers.variance_scaling(
+        1.0, "fan_in", distribution, in_axis=in_axis, out_axis=out_axis
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Layers
+
+
+class RMSNorm(nn.Module):
+    """T5 layer norm: scale only, no mean subtraction, no bias; computed in float32."""
+
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        scale = _param(
+            self, "scale", nn.initializers.ones, (x.shape[-1],), ("embed",), self.param_dtype
+        )
+        x32 = x.astype(jnp.float32)
+        y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + _NORM_EPS)
+        return y.astype(_dt(self.dtype)) * scale.astype(_dt(self.dtype))
+
+
+class Embed(nn.Module):
+    """Token embedding [vocab, embed]; `attend` gives tied logits in float32."""
+
+    num_embeddings: int
+    features: int
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+
+    def setup(self):
+        self.embedding = _param(
+            self,
+            "embedding",
+            nn.initializers.normal(stddev=1.0),
+            (self.num_embeddings, self.features),
+            ("vocab", "embed"),
+            self.param_dtype,
+        )
+
+    def __call__(self, tokens: Array) -> Array:
+        return jnp.take(self.embedding, tokens.astype(jnp.int32), axis=0).astype(_dt(self.dtype))
+
+    def attend(self, x: Array) -> Array:
+        emb = self.embedding.astype(jnp.float32)
+        return jnp.einsum("...e,ve->...v", x.astype(jnp.float32), emb)
+
+
+def _bucket_table(bidirectional: bool, num_buckets: int, max_distance: int) -> np.ndarray:
+    """Bucket of every relative position in [-max_distance, max_distance] (T5's rule, numpy f32).
+
+    Beyond max_distance the bucket saturates, so clipping a relative position into this range and
+    looking it up here is exact.
+    """
+    rel = np.arange(-max_distance, max_distance + 1)  # memory_position - query_position
+    n = -rel
+    ret = np.zeros_like(n)
+    if bidirectional:
+        num_buckets //= 2
+        ret += (n < 0).astype(np.int64) * num_buckets
+        n = np.abs(n)
+    else:
+        n = np.maximum(n, 0)
+    max_exact = num_buckets // 2
+    is_small = n < max_exact
+    large = max_exact + (
+        np.log(n.astype(np.float32) / max_exact + np.finfo(np.float32).eps)
+        / np.log(max_distance / max_exact)
+        * (num_buckets - max_exact)
+    ).astype(np.int64)
+    large = np.minimum(large, num_buckets - 1)
+    return (ret + np.where(is_small, n, large)).astype(np.int32)
+
+
+class RelativePositionBiases(nn.Module):
+    """T5 relative position bias: rel_embedding [heads, buckets] -> bias [b|1, heads, q, k]."""
+
+    num_buckets: int
+    max_distance: int
+    num_heads: int
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+
+    @nn.compact
+    def __call__(self, q_pos: Array, k_pos: Array, bidirectional: bool) -> Array:
+        """q_pos [b, q] and k_pos [b, k] (b may be 1) are positions within each segment."""
+        rel_embedding = _param(
+            self,
+            "rel_embedding",
+            nn.initializers.variance_scaling(1.0, "fan_avg", "uniform"),
+            (self.num_heads, self.num_buckets),
+            ("heads", "relpos_buckets"),
+            self.param_dtype,
+        )
+        table = jnp.asarray(_bucket_table(bidirectional, self.num_buckets, self.max_distance))
+        rel = k_pos[:, None, :] - q_pos[:, :, None]  # [b, q, k]
+        rel = jnp.clip(rel, -self.max_distance, self.max_distance) + self.max_distance
+        buckets = table[rel]  # [b, q, k]
+        bias = jnp.take(rel_embedding.T, buckets, axis=0)  # [b, q, k, heads]
+        return jnp.transpose(bias, (0, 3, 1, 2)).astype(_dt(self.dtype))
+
+
+class MultiHeadAttention(nn.Module):
+    """T5 attention: no biases, no 1/sqrt(d) at logit time (folded into the query init).
+
+    With decode=True and an initialised 'cache' collection it takes one query position per call
+    and keeps `cached_key`, `cached_value` [batch, max_len, heads, head_dim] and `cache_index`.
+    """
+
+    num_heads: int
+    head_dim: int
+    dropout_rate: float = 0.0
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    float32_logits: bool = True
+
+    @nn.compact
+    def __call__(
+        self,
+        inputs_q: Array,
+        inputs_kv: Array,
+        mask: Array | None,
+        bias: Array | None,
+        deterministic: bool,
+        decode: bool = False,
+    ) -> Array:
+        dtype = _dt(self.dtype)
+        emb = inputs_q.shape[-1]
+        qkv_shape = (emb, self.num_heads, self.head_dim)
+        qkv_axes = ("embed", "heads", "kv")
+        depth_scale = self.head_dim**-0.5
+        base = _dense_init(0, (1, 2), "normal")  # T5X attention: fan_in normal
+
+        def q_init(key, shape, dt=jnp.float32):
+            return base(key, shape, dt) * jnp.asarray(depth_scale, dt)
+
+        q = _Proj(qkv_shape, qkv_axes, q_init, self.dtype, self.param_dtype, name="query")(inputs_q)
+        k = _Proj(qkv_shape, qkv_axes, base, self.dtype, self.param_dtype, name="key")(inputs_kv)
+        v = _Proj(qkv_shape, qkv_axes, base, self.dtype, self.param_dtype, name="value")(inputs_kv)
+        q = nn.with_logical_constraint(q, ("batch", "length", "heads", "kv"))
+        k = nn.with_logical_constraint(k, ("batch", "length", "heads", "kv"))
+        v = nn.with_logical_constraint(v, ("batch", "length", "heads", "kv"))
+
+        if decode:
+            initialised = self.has_variable("cache", "cached_key")
+            ck = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
+            cv = self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
+            ci = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
+            if initialised:
+                batch, max_len, _, _ = ck.value.shape
+                if q.shape[1] != 1:
+                    raise ValueError(f"decode step takes one position, got {q.shape[1]}")
+                cur = ci.value
+                ck.value = jax.lax.dynamic_update_slice(ck.value, k, (0, cur, 0, 0))
+                cv.value = jax.lax.dynamic_update_slice(cv.value, v, (0, cur, 0, 0))
+                ci.value = cur + 1
+                k, v = ck.value, cv.value
+                step_mask = (jnp.arange(max_len) <= cur)[None, None, None, :]
+                step_mask = jnp.broadcast_to(step_mask, (batch, 1, 1, max_len))
+                mask = step_mask if mask is None else jnp.logical_and(mask, step_mask)
+
+        if self.float32_logits:
+            q, k = q.astype(jnp.float32), k.astype(jnp.float32)
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k)
+        if mask is not None:
+            logits = logits + jnp.where(mask, 0.0, _NEG_INF).astype(logits.dtype)
+        if bias is not None:
+            logits = logits + bias.astype(logits.dtype)
+        weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(dtype)
+        if not deterministic and self.dropout_rate > 0.0:
+            keep = 1.0 - self.dropout_rate
+            # Broadcast over queries, as T5X does.
+            shape = weights.shape[:-2] + (1,) + weights.shape[-1:]
+            keep_mask = jax.random.bernoulli(self.make_rng("dropout"), keep, shape)
+            weights = weights * (keep_mask / keep).astype(dtype)
+        out = jnp.einsum("bhqk,bkhd->bqhd", weights, v.astype(dtype))
+        return _Out(emb, self.dtype, self.param_dtype, name="out")(out)
+
+
+class _Proj(nn.Module):
+    """[b, l, embed] -> [b, l, heads, kv] with kernel [embed, heads, kv]."""
+
+    shape: tuple[int, int, int]
+    axes: tuple[str, str, str]
+    kernel_init: Any
+    dtype: str
+    param_dtype: str
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        kernel = _param(self, "kernel", self.kernel_init, self.shape, self.axes, self.param_dtype)
+        dtype = _dt(self.dtype)
+        return jnp.einsum("ble,ehd->blhd", x.astype(dtype), kernel.astype(dtype))
+
+
+class _Out(nn.Module):
+    """[b, l, heads, kv] -> [b, l, embed] with kernel [heads, kv, embed]."""
+
+    features: int
+    dtype: str
+    param_dtype: str
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        shape = (x.shape[-2], x.shape[-1], self.features)
+        kernel = _param(
+            self,
+            "kernel",
+            _dense_init((0, 1), 2, "normal"),
+            shape,
+            ("heads", "kv", "embed"),
+            self.param_dtype,
+        )
+        dtype = _dt(self.dtype)
+        return jnp.einsum("blhd,hde->ble", x.astype(dtype), kernel.astype(dtype))
+
+
+class _Dense(nn.Module):
+    """Plain matmul, kernel [in, out] with the given logical axes; no bias."""
+
+    features: int
+    axes: tuple[str, str]
+    dtype: str
+    param_dtype: str
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        kernel = _param(
+            self, "kernel", _dense_init(0, 1), (x.shape[-1], self.features), self.axes,
+            self.param_dtype,
+        )  # fmt: skip
+        dtype = _dt(self.dtype)
+        return jnp.einsum("...i,io->...o", x.astype(dtype), kernel.astype(dtype))
+
+
+def _activation(name: str):
+    if name == "linear":
+        return lambda x: x
+    if name == "gelu":
+        return nn.gelu  # tanh approximation, as T5X (flax's default)
+    return getattr(nn, name)
+
+
+class MlpBlock(nn.Module):
+    """Gated feed-forward: prod_i act_i(x @ wi_i), dropout, then @ wo."""
+
+    mlp_dim: int
+    activations: tuple[str, ...]
+    dropout_rate: float
+    dtype: str
+    param_dtype: str
+
+    @nn.compact
+    def __call__(self, x: Array, deterministic: bool) -> Array:
+        h = None
+        for i, act in enumerate(self.activations):
+            name = "wi" if len(self.activations) == 1 else f"wi_{i}"
+            y = _Dense(self.mlp_dim, ("embed", "mlp"), self.dtype, self.param_dtype, name=name)(x)
+            y = _activation(act)(y)
+            h = y if h is None else h * y
+        h = nn.Dropout(self.dropout_rate, broadcast_dims=(-2,))(h, deterministic=deterministic)
+        h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
+        return _Dense(x.shape[-1], ("mlp", "embed"), self.dtype, self.param_dtype, name="wo")(h)
+
+
+# ----------------------------------------------------------------------------------------------
+# Layers and stacks
+
+
+def _attention(cfg: T5Config, name: str) -> MultiHeadAttention:
+    return MultiHeadAttention(
+        num_heads=cfg.num_heads,
+        head_dim=cfg.head_dim,
+        dropout_rate=cfg.dropout_rate,
+        dtype=cfg.dtype,
+        param_dtype=cfg.param_dtype,
+        float32_logits=cfg.float32_attention_logits,
+        name=name,
+    )
+
+
+def _norm(cfg: T5Config, name: str) -> RMSNorm:
+    return RMSNorm(dtype=cfg.dtype, param_dtype=cfg.param_dtype, name=name)
+
+
+def _mlp(cfg: T5Config) -> MlpBlock:
+    return MlpBlock(
+        cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, cfg.dtype, cfg.param_dtype, name="mlp"
+    )
+
+
+def _constrain(x: Array) -> Array:
+    return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+
+
+class EncoderLayer(nn.Module):
+    """Pre-norm self-attention and MLP blocks with residuals."""
+
+    config: T5Config
+
+    @nn.compact
+    def __call__(self, inputs: Array, mask: Array | None, bias: Array, deterministic: bool):
+        cfg = self.config
+        drop = functools.partial(nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,)),
+                                 deterministic=deterministic)  # fmt: skip
+        x = _norm(cfg, "pre_attention_layer_norm")(inputs)
+        x = _attention(cfg, "attention")(x, x, mask, bias, deterministic)
+        x = _constrain(drop(x) + inputs)
+        y = _norm(cfg, "pre_mlp_layer_norm")(x)
+        y = _mlp(cfg)(y, deterministic)
+        return _constrain(drop(y) + x)
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm causal self-attention, cross-attention and MLP blocks with residuals."""
+
+    config: T5Config
+
+    @nn.compact
+    def __call__(
+        self,
+        inputs: Array,
+        encoded: Array,
+        self_mask: Array | None,
+        cross_mask: Array | None,
+        bias: Array,
+        deterministic: bool,
+        decode: bool,
+    ):
+        cfg = self.config
+        drop = functools.partial(nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,)),
+                                 deterministic=deterministic)  # fmt: skip
+        x = _norm(cfg, "pre_self_attention_layer_norm")(inputs)
+        x = _attention(cfg, "self_attention")(x, x, self_mask, bias, deterministic, decode)
+        x = _constrain(drop(x) + inputs)
+        y = _norm(cfg, "pre_cross_attention_layer_norm")(x)
+        y = _attention(cfg, "encoder_decoder_attention")(
+            y, encoded, cross_mask, None, deterministic
+        )
+        y = _constrain(drop(y) + x)
+        z = _norm(cfg, "pre_mlp_layer_norm")(y)
+        z = _mlp(cfg)(z, deterministic)
+        return _constrain(drop(z) + y)
+
+
+def _relpos(cfg: T5Config) -> RelativePositionBiases:
+    return RelativePositionBiases(
+        num_buckets=cfg.relative_attention_num_buckets,
+        max_distance=cfg.relative_attention_max_distance,
+        num_heads=cfg.num_heads,
+        dtype=cfg.dtype,
+        param_dtype=cfg.param_dtype,
+        name="relpos_bias",
+    )
+
+
+def _positions(tokens: Array, positions: Array | None) -> Array:
+    if positions is not None:
+        return positions.astype(jnp.int32)
+    return jnp.arange(tokens.shape[-1], dtype=jnp.int32)[None, :]
+
+
+class Encoder(nn.Module):
+    """Embedding, encoder layers sharing one relative position bias, final norm."""
+
+    config: T5Config
+    shared_embedding: nn.Module
+
+    @nn.compact
+    def __call__(self, tokens: Array, mask: Array, positions: Array | None, deterministic: bool):
+        cfg = self.config
+        pos = _positions(tokens, positions)
+        bias = _relpos(cfg)(pos, pos, True)
+        x = self.shared_embedding(tokens)
+        x = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(x, deterministic=deterministic)
+        x = _constrain(x.astype(_dt(cfg.dtype)))
+        layer = EncoderLayer
+        if cfg.remat_policy == "full":
+            layer = nn.remat(EncoderLayer, static_argnums=(4,))
+        for i in range(cfg.num_encoder_layers):
+            x = layer(cfg, name=f"layers_{i}")(x, mask, bias, deterministic)
+        x = _norm(cfg, "encoder_norm")(x)
+        return nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+
+
+class Decoder(nn.Module):
+    """Embedding, decoder layers sharing one causal relative position bias, norm, logits."""
+
+    config: T5Config
+    shared_embedding: nn.Module
+
+    @nn.compact
+    def __call__(
+        self,
+        encoded: Array,
+        tokens: Array,
+        positions: Array | None,
+        self_mask: Array | None,
+        cross_mask: Array | None,
+        deterministic: bool,
+        decode: bool,
+        max_decode_length: int | None,
+    ) -> Array:
+        cfg = self.config
+        q_pos = k_pos = _positions(tokens, positions)
+        if decode:
+            # One position per call once the cache exists: the bias row of the current step.
+            initialised = self.has_variable("cache", "position_index")
+            index = self.variable("cache", "position_index", lambda: jnp.array(0, jnp.int32))
+            if initialised:
+                if max_decode_length is None:
+                    raise ValueError("decode=True needs max_decode_length")
+                q_pos = jnp.reshape(index.value, (1, 1))
+                k_pos = jnp.arange(max_decode_length, dtype=jnp.int32)[None, :]
+                index.value = index.value + 1
+        bias = _relpos(cfg)(q_pos, k_pos, False)
+        y = self.shared_embedding(tokens)
+        y = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(y, deterministic=deterministic)
+        y = _constrain(y.astype(_dt(cfg.dtype)))
+        layer = DecoderLayer
+        if cfg.remat_policy == "full":
+            layer = nn.remat(DecoderLayer, static_argnums=(6, 7))
+        for i in range(cfg.num_decoder_layers):
+            y = layer(cfg, name=f"layers_{i}")(
+                y, encoded, self_mask, cross_mask, bias, deterministic, decode
+            )
+        y = _norm(cfg, "decoder_norm")(y)
+        y = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(y, deterministic=deterministic)
+        if cfg.logits_via_embedding:
+            logits = self.shared_embedding.attend(y) / np.sqrt(y.shape[-1])
+        else:
+            logits = _Dense(
+                cfg.vocab_size, ("embed", "vocab"), "float32", cfg.param_dtype, name="logits_dense"
+            )(y)
+        return nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
+
+
+# ----------------------------------------------------------------------------------------------
+# Masks
+
+
+def _pair_mask(q: Array, k: Array, fn=jnp.logical_and) -> Array:
+    """[b, q] x [b, k] -> [b, 1, q, k] boolean."""
+    return fn(q[:, None, :, None], k[:, None, None, :])
+
+
+def _and(*masks: Array | None) -> Array | None:
+    masks = [m for m in masks if m is not None]
+    if not masks:
+        return None
+    out = masks[0]
+    for m in masks[1:]:
+        out = jnp.logical_and(out, m)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# The model
+
+
+class Transformer(nn.Module):
+    """T5 v1.1 encoder-decoder. Parameter tree as T5X's `network.Transformer`."""
+
+    config: T5Config
+
+    def setup(self):
+        cfg = self.config
+        self.shared_embedding = Embed(
+            cfg.vocab_size, cfg.emb_dim, cfg.dtype, cfg.param_dtype, name="token_embedder"
+        )
+        self.encoder = Encoder(cfg, self.shared_embedding)
+        self.decoder = Decoder(cfg, self.shared_embedding)
+
+    def encode(
+        self,
+        encoder_input_tokens: Array,
+        encoder_segment_ids: Array | None = None,
+        encoder_positions: Array | None = None,
+        enable_dropout: bool = True,
+    ) -> Array:
+        """Encodes [batch, enc_len] tokens (0 = padding) to [batch, enc_len, emb_dim]."""
+        valid = encoder_input_tokens > 0
+        mask = _pair_mask(valid, valid)
+        if encoder_segment_ids is not None:
+            seg = encoder_segment_ids
+            mask = _and(mask, _pair_mask(seg, seg, jnp.equal))
+        return self.encoder(
+            encoder_input_tokens, mask, encoder_positions, deterministic=not enable_dropout
+        )
+
+    def decode(
+        self,
+        encoded: Array,
+        encoder_input_tokens: Array,
+        decoder_input_tokens: Array,
+        decoder_target_tokens: Array,
+        encoder_segment_ids: Array | None = None,
+        decoder_segment_ids: Array | None = None,
+        decoder_positions: Array | None = None,
+        enable_dropout: bool = True,
+        decode: bool = False,
+        max_decode_length: int | None = None,
+    ) -> Array:
+        """Decoder logits [batch, dec_len, vocab] (float32) given the encoder output.
+
+        With decode=True the 'cache' collection must be mutable; once it is initialised each call
+        takes one position ([batch, 1] tokens) and no target padding mask is applied.
+        """
+        enc_valid = encoder_input_tokens > 0
+        if decode:
+            if encoder_segment_ids is not None:
+                raise ValueError("packing (segment ids) cannot be used with decode=True")
+            self_mask = None
+            cross_mask = _pair_mask(jnp.ones_like(decoder_input_tokens, bool), enc_valid)
+        else:
+            tgt_valid = decoder_target_tokens > 0
+            length = decoder_target_tokens.shape[-1]
+            causal = jnp.tril(jnp.ones((length, length), bool))[None, None]
+            self_mask = _and(_pair_mask(tgt_valid, tgt_valid), causal)
+            cross_mask = _pair_mask(tgt_valid, enc_valid)
+            if decoder_segment_ids is not None:
+                self_mask = _and(
+                    self_mask, _pair_mask(decoder_segment_ids, decoder_segment_ids, jnp.equal)
+                )
+            if encoder_segment_ids is not None:
+                cross_mask = _and(
+                    cross_mask, _pair_mask(decoder_segment_ids, encoder_segment_ids, jnp.equal)
+                )
+        return self.decoder(
+            encoded,
+            decoder_input_tokens,
+            decoder_positions,
+            self_mask,
+            cross_mask,
+            deterministic=not enable_dropout,
+            decode=decode,
+            max_decode_length=max_decode_length,
+        )
+
+    def __call__(
+        self,
+        encoder_input_tokens: Array,
+        decoder_input_tokens: Array,
+        decoder_target_tokens: Array,
+        encoder_segment_ids: Array | None = None,
+        decoder_segment_ids: Array | None = None,
+        encoder_positions: Array | None = None,
+        decoder_positions: Array | None = None,
+        enable_dropout: bool = True,
+        decode: bool = False,
+        max_decode_length: int | None = None,
+    ) -> Array:
+        """Logits [batch, dec_len, vocab] (float32) for teacher-forced decoder inputs.
+
+        `decoder_input_tokens` are the targets shifted right with 0 as the start token (per
+        segment when packed). Padding is token 0; packed rows carry segment ids (1, 2, ...;
+        0 = padding) and positions that restart at 0 in each segment.
+        """
+        encoded = self.encode(
+            encoder_input_tokens, encoder_segment_ids, encoder_positions, enable_dropout
+        )
+        return self.decode(
+            encoded,
+            encoder_input_tokens,
+            decoder_input_tokens,
+            decoder_target_tokens,
+            encoder_segment_ids,
+            decoder_segment_ids,
+            decoder_positions,
+            enable_dropout,
+            decode,
+            max_decode_length,
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# Sizes
+
+
+def num_params(config: T5Config) -> int:
+    """Number of parameters of the network (what `init` creates)."""
+    d, inner, m = config.emb_dim, config.num_heads * config.head_dim, config.mlp_dim
+    mlp = len(config.mlp_activations) * d * m + m * d
+    relpos = config.num_heads * config.relative_attention_num_buckets
+    enc_layer = 2 * d + 4 * d * inner + mlp
+    dec_layer = 3 * d + 8 * d * inner + mlp
+    logits = 0 if config.logits_via_embedding else d * config.vocab_size
+    return (
+        config.vocab_size * d
+        + relpos + config.num_encoder_layers * enc_layer + d
+        + relpos + config.num_decoder_layers * dec_layer + d + logits
+    )  # fmt: skip
+
+
+def flops_per_example(config: T5Config, enc_len: int, dec_len: int) -> float:
+    """Approximate training matmul FLOPs (forward + backward = 3x forward) for one example.
+
+    Counts every dense projection, the attention score and value products over full (masked)
+    lengths, and the logits; ignores norms, softmax, gathers and the optimizer.
+    """
+    d, inner, m = config.emb_dim, config.num_heads * config.head_dim, config.mlp_dim
+    mlp = 2 * (len(config.mlp_activations) * d * m + m * d)
+    enc_tok = 2 * 4 * d * inner + mlp + 2 * 2 * enc_len * inner
+    dec_tok = (
+        2 * 4 * d * inner + 2 * 2 * dec_len * inner  # self-attention
+        + 2 * 2 * d * inner + 2 * 2 * enc_len * inner  # cross-attention: query, out, scores
+        + mlp
+    )  # fmt: skip
+    cross_kv = 2 * 2 * d * inner  # per encoder token, per decoder layer
+    forward = (
+        enc_len * config.num_encoder_layers * enc_tok
+        + dec_len * config.num_decoder_layers * dec_tok
+        + enc_len * config.num_decoder_layers * cross_kv
+        + dec_len * 2 * d * config.vocab_size
+    )
+    return 3.0 * forward
+
+
+def flops_per_token(config: T5Config, enc_len: int, dec_len: int) -> float:
+    """Training FLOPs per token, tokens counted as enc_len + dec_len (for MFU from tokens/s)."""
+    return flops_per_example(config, enc_len, dec_len) / (enc_len + dec_len)
