@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import random
+import socket
 import threading
 import time
 import urllib.parse
@@ -163,6 +164,11 @@ class OpenAIBackend:
             conn = self._connection()
             reused = getattr(conn, "sock", None) is not None
             try:
+                if not reused:
+                    conn.connect()
+                    # headers and body go out in two writes: without this, Nagle's algorithm and
+                    # the server's delayed ACK can stall every request by ~40 ms
+                    conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 conn.request("POST", self._path, body=payload, headers=self._headers())
                 resp = conn.getresponse()
                 data = resp.read()
