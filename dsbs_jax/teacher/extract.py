@@ -105,6 +105,8 @@ class Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+        elif self.enabled and self.done > self.start_done:
+            print(self.line(), flush=True)
 
 
 def _record(card: TaskCard, source: Record, completion: Completion | None, sc: bool) -> Record:
