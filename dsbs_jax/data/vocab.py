@@ -137,7 +137,8 @@ def train_sentencepiece(texts: Iterable[str], out_path: str, vocab_size: int = 8
             minloglevel=2,
         )
     except RuntimeError as e:
-        raise UserError(f"sentencepiece: {str(e).strip().splitlines()[-1]}") from None
+        msg = str(e).strip().splitlines()[-1].split("] ")[-1]
+        raise UserError(f"sentencepiece: {msg} (see --vocab_size)") from None
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     tmp = out_path + ".tmp"
     with open(tmp, "wb") as f:
