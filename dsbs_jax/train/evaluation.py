@@ -30,9 +30,16 @@ def make_decode_fn(
 
 
 def decode_batches(
-    decode_fn: Callable, params: Any, encoder_tokens: np.ndarray, batch_size: int
+    decode_fn: Callable,
+    params: Any,
+    encoder_tokens: np.ndarray,
+    batch_size: int,
+    trim: bool = False,
 ) -> list[list[int]]:
-    """Decodes all rows in fixed-size batches (the last one padded), so nothing recompiles."""
+    """Decodes all rows in fixed-size batches (the last one padded), so nothing recompiles.
+
+    Rows keep their full length (seqio's vocabularies stop at EOS); `trim` cuts each after EOS.
+    """
     outputs: list[list[int]] = []
     n = len(encoder_tokens)
     for start in range(0, n, batch_size):
@@ -45,7 +52,7 @@ def decode_batches(
         tokens = np.asarray(jax.device_get(decode_fn(params, chunk)))[:real]
         for row in tokens:
             row = row.tolist()
-            if 1 in row:
+            if trim and 1 in row:
                 row = row[: row.index(1) + 1]
             outputs.append(row)
     return outputs
@@ -77,6 +84,8 @@ def make_evaluator(
 ) -> seqio.Evaluator | None:
     """seqio's Evaluator over the tasks of the mixture that have metrics (None if none do)."""
     loggers = (seqio.JSONLogger,) if log_dir else ()
+    if log_dir:
+        os.makedirs(os.path.join(log_dir, "inference_eval"), exist_ok=True)
     try:
         evaluator = seqio.Evaluator(
             mixture_or_task_name,

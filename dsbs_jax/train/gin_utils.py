@@ -6,6 +6,8 @@ The package's own `gin_configs/` folder is always on the search path, so
 
 from __future__ import annotations
 
+import ast
+import logging
 import os
 import pathlib
 from collections.abc import Sequence
@@ -39,10 +41,12 @@ def split_gin_args(argv: Sequence[str]) -> tuple[list[str], list[str]]:
 def _literal_or_string(binding: str) -> str:
     """T5X wants --gin.MODEL_DIR=\\"'/path'\\"; a bare path or name is also taken, as a string."""
     name, value = (s.strip() for s in binding.split("=", 1))
-    try:
-        gin.parse_value(value)
+    if value.startswith(("@", "%")):
         return binding
-    except Exception:  # gin raises several kinds for a bare word
+    try:
+        ast.literal_eval(value)
+        return binding
+    except (ValueError, SyntaxError):
         return f"{name} = {value!r}"
 
 
@@ -54,14 +58,30 @@ def parse_gin(
         gin.add_config_file_search_path(path)
     if not gin_files:
         raise UserError("no --gin_file given (for example --gin_file=runs/dsbs.gin)")
+    files = [_resolve(f, [*search_paths, str(PACKAGE_GIN_DIR)]) for f in gin_files]
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.CRITICAL)  # gin logs every search-path miss of an include as an error
     try:
         gin.parse_config_files_and_bindings(
-            list(gin_files), [_literal_or_string(b) for b in bindings], finalize_config=False
+            files, [_literal_or_string(b) for b in bindings], finalize_config=False
         )
     except OSError as e:
         raise UserError(f"gin: {e}") from None
     except (ValueError, SyntaxError, KeyError, TypeError) as e:
         raise UserError(f"gin: {str(e).splitlines()[0] if str(e) else e!r}") from None
+    finally:
+        root.setLevel(level)
+
+
+def _resolve(path: str, search_paths: Sequence[str]) -> str:
+    if os.path.exists(path):
+        return path
+    for folder in search_paths:
+        candidate = os.path.join(folder, path)
+        if os.path.exists(candidate):
+            return candidate
+    raise UserError(f"{path}: gin file not found here or in {', '.join(search_paths)}")
 
 
 def add_gin_arguments(parser) -> None:

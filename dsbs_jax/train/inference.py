@@ -124,7 +124,7 @@ def predict_file(
             ids = list(vocab.encode(prefix + r["input"]))[: input_length - 1] + [1]
             tokens[i, : len(ids)] = ids
         with mesh, nn.logical_axis_rules(rules):
-            outs = evaluation.decode_batches(decode_fn, params, tokens, batch)
+            outs = evaluation.decode_batches(decode_fn, params, tokens, batch, trim=True)
         return [vocab.decode([t for t in o if t > 1]) for o in outs]
 
     predictions = run("predict: ")

@@ -97,3 +97,17 @@ def data_sharding(mesh: Mesh) -> NamedSharding:
 
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
+
+
+def on_mesh(shardings, mesh: Mesh):
+    """Keeps NamedShardings on `mesh`; anything else (a scalar's single-device one) is replicated."""
+
+    def fix(s):
+        if isinstance(s, NamedSharding) and s.mesh == mesh:
+            return s
+        spec = getattr(s, "spec", None)
+        return NamedSharding(
+            mesh, spec if isinstance(s, NamedSharding) and spec is not None else PartitionSpec()
+        )
+
+    return jax.tree.map(fix, shardings)

@@ -21,6 +21,7 @@ import gin
 import jax
 import jax.numpy as jnp
 import optax
+import seqio
 from clu import metric_writers
 
 from dsbs_jax.data import vocab as vocab_lib
@@ -58,7 +59,8 @@ def model_config_for(config: T5Config, mixture_or_task_name: str) -> T5Config:
     """Fills vocab_size from the task's vocabulary (rounded up to 128) when the config leaves it 0."""
     if getattr(config, "vocab_size", 0):
         return config
-    size = vocab_lib.get_vocabulary(mixture_or_task_name).vocab_size
+    provider = seqio.get_mixture_or_task(mixture_or_task_name)
+    size = provider.output_features["targets"].vocabulary.vocab_size
     return dataclasses.replace(config, vocab_size=int(math.ceil(size / 128) * 128))
 
 
@@ -190,6 +192,7 @@ def train(
         param_shardings = nn.logical_to_mesh_sharding(param_specs, mesh, rules)
         abstract_params = checkpoints.abstract_with_shardings(nn.meta.unbox(boxed), param_shardings)
         opt_shardings = jax.jit(tx.init).lower(abstract_params).compile().output_shardings
+        opt_shardings = partitioning.on_mesh(opt_shardings, mesh)
         abstract_opt = checkpoints.abstract_with_shardings(
             jax.eval_shape(tx.init, abstract_params), opt_shardings
         )
