@@ -115,6 +115,7 @@ def train(
     random_seed: int = 0,
     use_cached_tasks: bool = False,
     initial_checkpoint_path: str | None = None,
+    train_split: str = "train",
     eval_period: int = 1000,
     eval_split: str = "validation",
     eval_examples: int | None = None,
@@ -131,7 +132,12 @@ def train(
     axis_rules: partitioning.LogicalRules | None = None,
     optimizer: optax.GradientTransformation | None = None,
 ) -> TrainResult:
-    """Trains the student and returns its final metrics. Resumes from MODEL_DIR when it has checkpoints."""
+    """Trains the student and returns its final metrics. Resumes from MODEL_DIR when it has checkpoints.
+
+    train_split may slice the training data the TFDS way (`train[:25%]`, `train[:500]`) for
+    data-fraction sweeps; eval_split and test_split are scored with the tasks' metrics (against
+    gold labels) every eval_period steps and at the end.
+    """
     # ---------------------------------------------------------------- set-up and config
     if loss_weighting not in losses.WEIGHTINGS:
         raise UserError(
@@ -168,6 +174,7 @@ def train(
         task_feature_lengths,
         batch_size,
         weighting=loss_weighting,
+        split=train_split,
         seed=random_seed,
         use_cached=use_cached_tasks,
         pack=pack,
