@@ -114,7 +114,7 @@ def training_texts(examples: Iterable[dict[str, str]]) -> Iterator[str]:
 
 
 def train_sentencepiece(texts: Iterable[str], out_path: str, vocab_size: int = 8000) -> str:
-    """Trains a unigram sentencepiece model with T5's ids; writes it to out_path."""
+    """Trains a unigram sentencepiece model with T5's ids (at most vocab_size pieces); writes it."""
     import sentencepiece as spm
 
     model = io.BytesIO()
@@ -130,6 +130,7 @@ def train_sentencepiece(texts: Iterable[str], out_path: str, vocab_size: int = 8
             bos_id=-1,
             split_digits=True,
             byte_fallback=True,
+            hard_vocab_limit=False,  # a small corpus gets fewer pieces, not an error
             character_coverage=1.0,
             normalization_rule_name="nmt_nfkc",
             max_sentence_length=1 << 14,
