@@ -65,7 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(module.run(args) or 0)
     except UserError as e:
-        print(f"dsbs {args.command}: error: {e}", file=sys.stderr)
+        # gin appends "In call to configurable ..." lines; the first line says it all.
+        message = str(e).splitlines()[0] if str(e) else type(e).__name__
+        print(f"dsbs {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"dsbs {args.command}: interrupted", file=sys.stderr)

@@ -1,0 +1,131 @@
+"""The CLI end to end on the released svamp data: prepare, vocab, train, eval, predict."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import pytest
+
+from dsbs_jax import cli
+
+
+@pytest.fixture(scope="module")
+def svamp_data(shared_data, tmp_path_factory) -> pathlib.Path:
+    data_dir = tmp_path_factory.mktemp("svamp_data")
+    assert (
+        cli.main(
+            [
+                "prepare",
+                "svamp",
+                "--source_dir",
+                str(shared_data / "svamp"),
+                "--data_dir",
+                str(data_dir),
+            ]
+        )
+        == 0
+    )
+    assert cli.main(["vocab", "svamp", "--data_dir", str(data_dir), "--vocab_size", "400"]) == 0
+    return data_dir
+
+
+def test_prepare_train_eval_predict(svamp_data, tmp_path, capsys):
+    model_dir = tmp_path / "model"
+    common = [
+        "--gin_file=models/t5_1_1_tiny.gin",
+        f"--tfds_data_dir={svamp_data}",
+        "--gin.VOCAB_SIZE=0",
+    ]
+    rc = cli.main(
+        [
+            "train",
+            *common,
+            "--gin_file=runs/dsbs.gin",
+            f"--gin.MODEL_DIR={model_dir}",
+            "--gin.MIXTURE_OR_TASK_NAME=svamp_dsbs",
+            "--gin.TASK_FEATURE_LENGTHS={'inputs': 96, 'targets': 96}",
+            "--gin.TRAIN_STEPS=30",
+            "--gin.BATCH_SIZE=8",
+            "--gin.EVAL_PERIOD=30",
+            "--gin.train.eval_examples=8",
+            "--gin.train.test_split=None",
+            "--gin.train.log_every=10",
+        ]
+    )
+    assert rc == 0
+    assert (model_dir / "checkpoint_30" / "params").is_dir()
+    assert "MIXTURE_OR_TASK_NAME = 'svamp_dsbs'" in (model_dir / "config.gin").read_text()
+    rows = [json.loads(x) for x in (model_dir / "train" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [10, 20, 30]
+    assert {"loss/svamp_label", "loss/svamp_rationale"} <= set(rows[-1])
+    assert rows[-1]["loss"] < rows[0]["loss"]
+    assert list((model_dir / "train").glob("events.out.tfevents.*"))
+    assert list((model_dir / "eval").glob("events.out.tfevents.*"))
+    capsys.readouterr()
+
+    rc = cli.main(
+        [
+            "eval",
+            *common,
+            "--gin_file=runs/eval.gin",
+            f"--gin.CHECKPOINT_PATH={model_dir}",
+            "--gin.MIXTURE_OR_TASK_NAME=svamp_label",
+            "--gin.TASK_FEATURE_LENGTHS={'inputs': 96, 'targets': 24}",
+            "--gin.EVAL_EXAMPLES=16",
+            "--json",
+        ]
+    )
+    assert rc == 0
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert 0.0 <= metrics["svamp_label/accuracy"] <= 100.0
+
+    inputs = tmp_path / "in.jsonl"
+    inputs.write_text(
+        json.dumps({"input": "Tom has 3 apples and buys 4 more.\nHow many apples does he have?"})
+        + "\n"
+        + json.dumps({"id": "b", "input": "There are 12 birds. 5 fly away.\nHow many are left?"})
+        + "\n"
+    )
+    out = tmp_path / "out.jsonl"
+    rc = cli.main(
+        [
+            "predict",
+            *common,
+            "--gin_file=runs/infer.gin",
+            f"--gin.CHECKPOINT_PATH={model_dir}",
+            "--gin.TASK=svamp",
+            "--gin.INPUT_LENGTH=64",
+            "--gin.TARGET_LENGTH=12",
+            "--input_file",
+            str(inputs),
+            "--output_file",
+            str(out),
+            "--explain",
+        ]
+    )
+    assert rc == 0
+    preds = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [p["id"] for p in preds] == [0, "b"]
+    assert all(isinstance(p["prediction"], str) and isinstance(p["rationale"], str) for p in preds)
+
+
+def test_train_bad_input_is_one_line(tmp_path, capsys):
+    rc = cli.main(["train", "--gin_file=runs/does_not_exist.gin"])
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "does_not_exist.gin" in err[0]
+    rc = cli.main(
+        [
+            "train",
+            "--gin_file=models/t5_1_1_tiny.gin",
+            "--gin_file=runs/dsbs.gin",
+            f"--gin.MODEL_DIR={tmp_path}",
+            "--gin.MIXTURE_OR_TASK_NAME=no_such_task",
+            "--gin.TASK_FEATURE_LENGTHS={'inputs': 8, 'targets': 8}",
+            "--gin.TRAIN_STEPS=1",
+        ]
+    )
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no_such_task" in err[0]
