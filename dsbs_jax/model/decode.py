@@ -3,7 +3,8 @@
 The encoder runs once; the decoder then takes one token per step, reading and extending the
 'cache' collection (`cached_key`, `cached_value`, `cache_index` in each self-attention and the
 decoder's `position_index`). The decoder start token is 0 and tokens after EOS are 0 (padding).
-Everything is jit-compiled once per (model, max_decode_length, beam size, ...).
+Each function compiles once per (model, max_decode_length[, beam_size]) and input shape;
+`eos_id` and `alpha` are traced, so changing them does not recompile.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def length_penalty(length: Array, alpha: float) -> Array:
 # Greedy
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3, 4))
+@functools.partial(jax.jit, static_argnums=(0, 3))
 def _greedy(model, params, enc_tokens, length, eos_id):
     batch = enc_tokens.shape[0]
     encoded = _encode(model, params, enc_tokens)
@@ -103,7 +104,9 @@ def greedy_decode(
     eos_id: int = 1,
 ) -> Array:
     """Greedy decoding: tokens [batch, max_decode_length], 0 after each row's EOS."""
-    return _greedy(model, params, jnp.asarray(encoder_input_tokens), max_decode_length, eos_id)
+    return _greedy(
+        model, params, jnp.asarray(encoder_input_tokens), max_decode_length, jnp.int32(eos_id)
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -127,7 +130,7 @@ def _reorder_cache(cache, parent: Array, batch: int, beams: int):
     return jax.tree.map(one, cache)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3, 4, 5, 6))
+@functools.partial(jax.jit, static_argnums=(0, 3, 4))
 def _beam(model, params, enc_tokens, length, beams, alpha, eos_id):
     batch = enc_tokens.shape[0]
     enc_tokens = jnp.repeat(enc_tokens, beams, axis=0)  # rows (b, k) flattened, beam minor
@@ -217,8 +220,8 @@ def beam_search(
         jnp.asarray(encoder_input_tokens),
         max_decode_length,
         beam_size,
-        float(alpha),
-        eos_id,
+        jnp.float32(alpha),
+        jnp.int32(eos_id),
     )
 
 
@@ -226,7 +229,7 @@ def beam_search(
 # Scoring
 
 
-@functools.partial(jax.jit, static_argnums=(0, 4, 5))
+@functools.partial(jax.jit, static_argnums=(0,))
 def _score(model, params, enc_tokens, tokens, alpha, eos_id):
     length = tokens.shape[1]
     is_eos = tokens == eos_id
@@ -256,5 +259,10 @@ def score_sequences(
 ) -> Array:
     """Beam-search score [batch] of decoded `tokens` [batch, length] (up to the first EOS)."""
     return _score(
-        model, params, jnp.asarray(encoder_input_tokens), jnp.asarray(tokens), float(alpha), eos_id
+        model,
+        params,
+        jnp.asarray(encoder_input_tokens),
+        jnp.asarray(tokens),
+        jnp.float32(alpha),
+        jnp.int32(eos_id),
     )

@@ -6,6 +6,11 @@ the relative position bias is computed once per stack (T5X recomputes it in ever
 same parameters), the bias follows the `*_positions` arrays when they are given, and the key/value
 cache is laid out [batch, length, heads, head_dim].
 
+On positions: within a contiguous packed segment, key minus query position is the same whether
+taken from `*_positions` or from the row index, so both give identical logits (tested). Passing
+positions costs a [batch, heads, q, k] bias per stack instead of [1, heads, q, k]; omit them to
+save that memory when segments are contiguous (seqio packing is).
+
 `T5Config` is gin-configurable (classic gin, no dynamic registration) as `t5.T5Config`
 (full name `dsbs_jax.model.t5.T5Config`); see `dsbs_jax/gin_configs/models/`.
 """
@@ -552,10 +557,13 @@ class Transformer(nn.Module):
         self,
         encoder_input_tokens: Array,
         encoder_segment_ids: Array | None = None,
-        encoder_positions: Array | None = None,
         enable_dropout: bool = True,
+        encoder_positions: Array | None = None,
     ) -> Array:
-        """Encodes [batch, enc_len] tokens (0 = padding) to [batch, enc_len, emb_dim]."""
+        """Encodes [batch, enc_len] tokens (0 = padding) to [batch, enc_len, emb_dim].
+
+        Arguments in T5X's order; `encoder_positions` (ours) is last.
+        """
         valid = encoder_input_tokens > 0
         mask = _pair_mask(valid, valid)
         if encoder_segment_ids is not None:
@@ -634,7 +642,10 @@ class Transformer(nn.Module):
         0 = padding) and positions that restart at 0 in each segment.
         """
         encoded = self.encode(
-            encoder_input_tokens, encoder_segment_ids, encoder_positions, enable_dropout
+            encoder_input_tokens,
+            encoder_segment_ids=encoder_segment_ids,
+            enable_dropout=enable_dropout,
+            encoder_positions=encoder_positions,
         )
         return self.decode(
             encoded,
