@@ -10,16 +10,15 @@ ACCEPTS_GIN_BINDINGS = True
 
 def add_arguments(parser) -> None:
     gin_utils.add_gin_arguments(parser)
-    parser.add_argument(
-        "--multihost", action="store_true", help="call jax.distributed.initialize() first"
-    )
+    from dsbs_jax.train import multihost
+
+    multihost.add_arguments(parser)
 
 
 def run(args) -> int:
-    if args.multihost:
-        from dsbs_jax.train import multihost
+    from dsbs_jax.train import multihost
 
-        multihost.initialize()
+    multihost.initialize_from_args(args)
     from dsbs_jax.train import trainer
 
     _gin_command.setup(args)

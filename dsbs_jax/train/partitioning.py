@@ -76,11 +76,17 @@ def make_mesh(
     try:
         from jax.experimental import mesh_utils
 
-        if jax.process_count() > 1 and devices[0].platform != "cpu":
-            per_host = jax.local_device_count()
-            ici = (max(1, per_host // model), model)
-            dcn = (shape[0] // ici[0], 1)
-            arr = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices=devices)
+        granules, by_process = _dcn_granules(devices)
+        if granules > 1 and shape[0] % granules == 0 and (n // granules) % model == 0:
+            # Data parallelism across granules (TPU slices, or GPU hosts) over the slow DCN
+            # network; model parallelism and the rest of 'data' inside each, over ICI/NVLink.
+            arr = mesh_utils.create_hybrid_device_mesh(
+                (shape[0] // granules, model),
+                (granules, 1),
+                devices=devices,
+                process_is_granule=by_process,
+                allow_split_physical_axes=True,
+            )
         else:
             arr = mesh_utils.create_device_mesh(
                 shape, devices=devices, allow_split_physical_axes=True
@@ -88,6 +94,16 @@ def make_mesh(
     except (ValueError, NotImplementedError, AssertionError):
         arr = np.asarray(devices).reshape(shape)
     return Mesh(arr, ("data", "model"))
+
+
+def _dcn_granules(devices: Sequence[jax.Device]) -> tuple[int, bool]:
+    """How many groups the devices form across DCN, and whether a group is a process.
+
+    TPU: slices (one pod slice, however many hosts, is one ICI domain). Other platforms: hosts.
+    """
+    if devices[0].platform == "tpu":
+        return len({getattr(d, "slice_index", 0) for d in devices}), False
+    return len({d.process_index for d in devices}), True
 
 
 def data_sharding(mesh: Mesh) -> NamedSharding:

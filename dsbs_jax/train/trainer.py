@@ -27,7 +27,15 @@ from clu import metric_writers
 from dsbs_jax.data import vocab as vocab_lib
 from dsbs_jax.errors import UserError
 from dsbs_jax.model.t5 import T5Config, Transformer
-from dsbs_jax.train import checkpoints, evaluation, input_pipeline, losses, optimizers, partitioning
+from dsbs_jax.train import (
+    checkpoints,
+    evaluation,
+    input_pipeline,
+    losses,
+    multihost,
+    optimizers,
+    partitioning,
+)
 
 log = logging.getLogger("dsbs.train")
 
@@ -345,7 +353,8 @@ def train(
                     metrics_log.write(json.dumps({"step": step, **last_metrics}) + "\n")
                     metrics_log.flush()
             progress.update(step, last_metrics if report else None)
-            if ckpt.due(step, final=step == train_steps):
+            # Every process must agree (they all write it): see multihost.checkpoint_due.
+            if multihost.checkpoint_due(ckpt, step, final=step == train_steps, sync_point=report):
                 ckpt.save(
                     step,
                     params,
