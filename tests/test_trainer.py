@@ -20,7 +20,7 @@ from dsbs_jax.data.features import TaskWeightedEncDecFeatureConverter, add_task_
 from dsbs_jax.model.t5 import T5Config, Transformer
 from dsbs_jax.train import losses, optimizers, partitioning, trainer
 
-LENGTHS = {"inputs": 16, "targets": 12}
+LENGTHS = {"inputs": 24, "targets": 12}  # "reverse: " + 8 letters + EOS fits
 # 4 heads and mlp 64 so that a 4-way 'model' axis divides every sharded dimension.
 CONFIG = T5Config(
     vocab_size=384,
@@ -185,7 +185,7 @@ def _train_cmd(model_dir, steps):
         "--gin_file=runs/finetune.gin",
         f"--gin.MODEL_DIR={model_dir}",
         "--gin.MIXTURE_OR_TASK_NAME=toy_reverse",
-        "--gin.TASK_FEATURE_LENGTHS={'inputs': 16, 'targets': 12}",
+        "--gin.TASK_FEATURE_LENGTHS={'inputs': 24, 'targets': 12}",
         f"--gin.TRAIN_STEPS={steps}",
         "--gin.VOCAB_SIZE=0",
         "--gin.BATCH_SIZE=8",

@@ -72,12 +72,20 @@ def model_config_for(config: T5Config, mixture_or_task_name: str) -> T5Config:
     return dataclasses.replace(config, vocab_size=int(math.ceil(size / 128) * 128))
 
 
+# Positions are not passed to the network: within a packed segment, relative positions are the
+# same whether counted from the row or from the segment start, and attention across segments is
+# masked, so the logits are identical; without them the relative-position bias is computed once
+# per stack as [1, heads, q, k] instead of [batch, heads, q, k].
+_NOT_MODEL_INPUTS = (
+    "decoder_loss_weights",
+    "decoder_task_ids",
+    "encoder_positions",
+    "decoder_positions",
+)
+
+
 def _model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
-    return {
-        k: batch[k]
-        for k in BATCH_KEYS
-        if k in batch and k not in ("decoder_loss_weights", "decoder_task_ids")
-    }
+    return {k: batch[k] for k in BATCH_KEYS if k in batch and k not in _NOT_MODEL_INPUTS}
 
 
 class _Progress:
