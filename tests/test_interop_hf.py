@@ -247,3 +247,68 @@ def test_bad_configs(tmp_path):
         hf.read_hf_config(tmp_path)
     with pytest.raises(UserError, match="not a Hugging Face"):
         hf.load_hf(tmp_path)
+
+
+@pytest.fixture
+def clean_gin():
+    import gin
+
+    yield
+    gin.clear_config()
+
+
+def test_dsbs_export_hf(tmp_path, capsys, clean_gin):
+    """`dsbs export --format hf` on one of our MODEL_DIRs writes what transformers loads."""
+    from dsbs_jax import cli
+    from dsbs_jax.data import vocab as vocab_lib
+
+    # t5_1_1_tiny.gin's sizes; the vocabulary size comes from the checkpoint.
+    config = T5Config(
+        vocab_size=VOCAB, emb_dim=32, num_heads=2, head_dim=16, num_encoder_layers=2,
+        num_decoder_layers=2, mlp_dim=64, dropout_rate=0.0,
+    )  # fmt: skip
+    params = random_params(config, seed=7)
+    model_dir = tmp_path / "run"
+    ckpt = checkpoints.Checkpointer(str(model_dir), every_steps=1)
+    ckpt.save(12, params, {"count": np.zeros((), np.int32)}, {"step": 12})
+    ckpt.close()
+    spm = vocab_lib.train_sentencepiece(
+        [f"predict: {a} plus {b} is {a + b}" for a in range(40) for b in range(5)],
+        str(tmp_path / "spm.model"),
+        vocab_size=300,
+    )
+    out = tmp_path / "hf"
+    rc = cli.main(
+        ["export", "--format", "hf", "--checkpoint", str(model_dir), "--out", str(out),
+         "--gin_file=models/t5_1_1_tiny.gin", "--gin.DROPOUT_RATE=0.0", "--vocabulary", spm]
+    )  # fmt: skip
+    assert rc == 0, capsys.readouterr().err
+    assert {"config.json", "model.safetensors", "spiece.model"} <= {p.name for p in out.iterdir()}
+    model = transformers.T5ForConditionalGeneration.from_pretrained(out).eval()
+    enc, dec = _inputs(4)
+    diff = np.abs(_our_logits(config, params, enc, dec) - _hf_logits(model, enc, dec)).max()
+    assert diff < TOL
+    tok = transformers.AutoTokenizer.from_pretrained(out)
+    ids = tok("predict: 3 plus 4").input_ids
+    assert ids[-1] == 1 and tok.decode(ids, skip_special_tokens=True) == "predict: 3 plus 4"
+    # ... and to T5X, which imports back to the same arrays.
+    rc = cli.main(
+        ["export", "--format", "t5x", "--checkpoint", str(model_dir / "checkpoint_12"),
+         "--out", str(tmp_path / "t5x"), "--gin_file=models/t5_1_1_tiny.gin"]
+    )  # fmt: skip
+    assert rc == 0
+    from dsbs_jax.interop import t5x
+
+    jax.tree.map(np.testing.assert_array_equal, t5x.load_t5x(tmp_path / "t5x"), params)
+
+
+def test_dsbs_export_bad_input(tmp_path, capsys):
+    from dsbs_jax import cli
+
+    rc = cli.main(["export", "--checkpoint", str(tmp_path / "nope"), "--out", str(tmp_path)])
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no such checkpoint" in err[0]
+    (tmp_path / "empty").mkdir()
+    rc = cli.main(["export", "--checkpoint", str(tmp_path / "empty"), "--out", str(tmp_path)])
+    assert rc == 2 and "not a dsbs-jax, T5X or Hugging Face" in capsys.readouterr().err
