@@ -38,8 +38,8 @@ def _config():
         emb_dim=32,
         num_heads=4,
         head_dim=8,
-        num_encoder_layers=2,
-        num_decoder_layers=2,
+        num_encoder_layers=1,
+        num_decoder_layers=1,
         mlp_dim=64,
         dropout_rate=0.0,
     )
@@ -142,6 +142,10 @@ def test_two_processes_match_one_and_resume_from_their_checkpoint(tmp_path, monk
         JAX_PLATFORMS="cpu",
         TF_CPP_MIN_LOG_LEVEL="3",
         PYTHONPATH=str(pathlib.Path(__file__).resolve().parents[1]),
+        # The resumed run compiles the same step again: take it from the cache.
+        JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
     )
     procs = [
         subprocess.Popen(
@@ -197,6 +201,48 @@ def test_two_processes_match_one_and_resume_from_their_checkpoint(tmp_path, monk
         [pair[s] for s in sorted(pair)], [one[s] for s in sorted(one)], rtol=1e-4
     )
     assert one[2 * STEPS] < one[1]
+
+
+def test_cluster_resolution_order():
+    """Flags beat DSBS_* variables, which beat SLURM's; nothing at all leaves it to JAX."""
+    from dsbs_jax.errors import UserError
+
+    slurm = {"SLURM_JOB_NODELIST": "gpu[003-005,9]", "SLURM_NTASKS": "4", "SLURM_PROCID": "2"}
+    dsbs = {"DSBS_COORDINATOR": "10.0.0.1:999", "DSBS_NUM_PROCESSES": "2", "DSBS_PROCESS_ID": "1"}
+    spec = multihost.resolve("h:1", 3, 0, env={**slurm, **dsbs})
+    assert (spec.source, spec.coordinator_address, spec.num_processes, spec.process_id) == (
+        "flags",
+        "h:1",
+        3,
+        0,
+    )
+    spec = multihost.resolve(env={**slurm, **dsbs, "DSBS_LOCAL_DEVICE_IDS": "3"})
+    assert (spec.source, spec.coordinator_address, spec.process_id) == ("env", "10.0.0.1:999", 1)
+    assert spec.local_device_ids == (3,)
+    spec = multihost.resolve(env=slurm)
+    assert spec.source == "slurm"
+    assert spec.coordinator_address == f"gpu003:{multihost.DEFAULT_PORT}"
+    assert (spec.num_processes, spec.process_id) == (4, 2)
+    assert multihost.resolve(env={}).source == "auto"
+    assert multihost.first_slurm_host("node7") == "node7"
+    with pytest.raises(UserError, match="process_id"):
+        multihost.resolve("h:1", 2, None, env={})
+    with pytest.raises(UserError, match="not in"):
+        multihost.resolve("h:1", 2, 2, env={})
+    with pytest.raises(UserError, match="DSBS_NUM_PROCESSES"):
+        multihost.resolve(env={"DSBS_COORDINATOR": "h", "DSBS_NUM_PROCESSES": "x"})
+
+
+def test_dsbs_train_has_the_multihost_flags():
+    r = subprocess.run(
+        [sys.executable, "-m", "dsbs_jax.cli", "train", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    for flag in ("--multihost", "--coordinator_address", "--num_processes", "--process_id"):
+        assert flag in r.stdout
 
 
 if __name__ == "__main__":
