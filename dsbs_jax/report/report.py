@@ -1,0 +1,119 @@
+"""The report of a sweep, rebuilt from its files alone: OUT/report.md, OUT/table.md, OUT/accuracy.png.
+
+Reads OUT/results.jsonl (the finished runs) and OUT/sweep.json (the settings), so `dsbs report
+OUT` works on a finished, interrupted or running sweep, on any machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+from typing import Any
+
+from dsbs_jax.errors import UserError
+from dsbs_jax.report import plots, tables
+from dsbs_jax.report.results import RunResult, read_results
+from dsbs_jax.report.sweep import SWEEP_FILE
+
+TABLE_FILE = "table.md"
+REPORT_FILE = "report.md"
+PLOT_FILE = "accuracy.png"
+
+
+def read_sweep_info(out_dir: str) -> dict[str, Any]:
+    """OUT/sweep.json ({} if absent)."""
+    path = os.path.join(out_dir, SWEEP_FILE)
+    if not os.path.exists(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def tables_markdown(results: list[RunResult]) -> str:
+    """The accuracy tables (direct answer; rationale-then-answer when scored), in markdown."""
+    parts = []
+    for metric, label in tables.METRICS.items():
+        table = tables.markdown_table(results, metric)
+        if table:
+            parts.append(
+                f"Test accuracy (%), {label}, mean ± standard error over seeds:\n\n{table}"
+            )
+    return "\n\n".join(parts) + "\n"
+
+
+def timing_markdown(results: list[RunResult]) -> str:
+    """Mean seconds per run by method: training (of which compile, steps), evaluation."""
+    keys = ("train", "train_compile", "train_steps", "train_other", "eval", "eval_compile")
+    head = ["method", "runs", "total s", *keys]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    by_method: dict[str, list[RunResult]] = {}
+    for r in results:
+        by_method.setdefault(r.method, []).append(r)
+    for m in tables.method_order(by_method):
+        rs = by_method[m]
+        row = [m, str(len(rs)), f"{statistics.mean(r.seconds for r in rs):.1f}"]
+        for k in keys:
+            vals = [r.timing[k] for r in rs if r.timing.get(k) is not None]
+            row.append(f"{statistics.mean(vals):.1f}" if vals else "–")
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(out_dir: str) -> dict[str, str]:
+    """Writes the table, the plot and the report; returns their paths."""
+    out_dir = os.path.abspath(out_dir)
+    results = sorted(read_results(out_dir), key=lambda r: (r.method, r.train_examples, r.seed))
+    if not results:
+        raise UserError(f"{out_dir}: no finished runs (no results.jsonl lines)")
+    info = read_sweep_info(out_dir)
+    core = info.get("core", {})
+    task = core.get("task", "?")
+    teacher = info.get("teacher_test_accuracy")
+    table = tables_markdown(results)
+    paths = {"table": os.path.join(out_dir, TABLE_FILE)}
+    with open(paths["table"], "w", encoding="utf-8") as f:
+        f.write(table)
+    png = plots.plot_accuracy(
+        results,
+        os.path.join(out_dir, PLOT_FILE),
+        title=f"{task}: test accuracy against training examples",
+        teacher_accuracy=teacher,
+    )
+    if png:
+        paths["plot"] = png
+    mc = info.get("model_config", {})
+    settings = [
+        f"- task `{task}`, training set {info.get('train_size', '?')} examples, "
+        f"test subset {info.get('test_examples', '?')} examples (gold labels)",
+        f"- model `{core.get('model')}`: d_model {mc.get('emb_dim')}, "
+        f"{mc.get('num_encoder_layers')}+{mc.get('num_decoder_layers')} layers, "
+        f"{mc.get('num_heads')} heads, mlp {mc.get('mlp_dim')}, tied embeddings "
+        f"{mc.get('logits_via_embedding')}",
+        f"- budget per run: {core.get('steps')} steps of {core.get('batch_size')} inputs "
+        f"(dsbs: each input as label and rationale; distill_matched: twice the steps), AdamW, "
+        f"learning rate {core.get('learning_rate')} (warmup {core.get('warmup_steps')}, cosine), "
+        f"lengths {core.get('lengths')}",
+        f"- seeds from {core.get('seed')}; alpha {core.get('alpha')}",
+    ]
+    if teacher is not None:
+        settings.append(f"- teacher accuracy on the same test subset: {teacher:.1f}%")
+    report = [
+        f"# Sweep report: {task}",
+        "",
+        *settings,
+        "",
+        table,
+        f"![accuracy]({PLOT_FILE})" if png else "",
+        "",
+        "Mean seconds per run:",
+        "",
+        timing_markdown(results),
+        f"Runs: {len(results)}; each run's MODEL_DIR (TensorBoard logs under train/ and eval/, "
+        "test predictions) is under runs/<method>/<fraction>/<seed>.",
+        "",
+    ]
+    paths["report"] = os.path.join(out_dir, REPORT_FILE)
+    with open(paths["report"], "w", encoding="utf-8") as f:
+        f.write("\n".join(report))
+    return paths

@@ -1,0 +1,177 @@
+"""dsbs sweep / dsbs report: tables, rationale scoring, and a tiny sweep end to end with resume."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from dsbs_jax.cli import main
+from dsbs_jax.data.cards import load_card
+from dsbs_jax.report import results as results_lib
+from dsbs_jax.report import scoring, tables
+from dsbs_jax.report.results import RunResult
+
+
+def _r(method, n, seed, acc, rat=None, fraction=None):
+    return RunResult(
+        method=method,
+        fraction=fraction if fraction is not None else n / 10,
+        seed=seed,
+        train_examples=n,
+        steps=10,
+        accuracy=acc,
+        rationale_accuracy=rat,
+    )
+
+
+def test_mean_and_standard_error_by_hand():
+    c = tables.mean_stderr([10.0, 20.0, 30.0])
+    assert c.mean == pytest.approx(20.0)
+    assert c.stderr == pytest.approx(10.0 / 3**0.5)  # sample sd 10, n 3
+    assert c.format() == "20.0 ± 5.8"
+    assert tables.mean_stderr([42.0]).format() == "42.0"  # one seed: no error to show
+
+
+def test_markdown_table_rows_columns_and_cells():
+    rs = [
+        _r("dsbs", 100, 0, 50.0, 70.0),
+        _r("dsbs", 100, 1, 60.0, 80.0),
+        _r("finetune", 100, 0, 40.0),
+        _r("finetune", 100, 1, 44.0),
+        _r("finetune", 200, 0, 41.0),
+        _r("finetune", 200, 1, 45.0),
+        _r("distill", 200, 0, 30.0),
+    ]
+    table = tables.markdown_table(rs)
+    lines = table.splitlines()
+    assert lines[0] == "| method | 100 ex (10%) | 200 ex (20%) | seeds |"
+    assert lines[2] == "| fine-tuning (gold labels) | 42.0 ± 2.0 | 43.0 ± 2.0 | 2 |"
+    assert lines[3] == "| distillation (teacher labels) | – | 30.0 | 1 |"
+    assert lines[4] == "| distilling step-by-step | 55.0 ± 5.0 | – | 2 |"
+    rat = tables.markdown_table(rs, "rationale_accuracy").splitlines()
+    assert len(rat) == 3 and rat[2].startswith("| distilling step-by-step | 75.0 ± 5.0 |")
+
+
+def test_rationale_then_answer_scoring_on_hand_made_outputs():
+    card = load_card("arith")
+    outs = [
+        "Mia has 7 shells. She finds 5 more, so 7 + 5 = 12. She gives 4 to Ben, so 12 - 4 = 8.",
+        "Mia has 7 shells. She finds 5 more, so 7 + 5 = 12. The answer is 12.",  # marker: parsed
+        "Mia has 7 shells. She finds 5 more, so 7 + 5 =",  # no result: no answer
+        "Tom has 3 apples. He gets 2 times as many, so 3 * 2 = 6. He loses 1, so 6 - 1 = 4.",
+    ]
+    assert [scoring.answer_from_rationale(o, card) for o in outs] == ["8", "12", "", "4"]
+    acc, answers = scoring.rationale_accuracy(outs, ["8", "12", "12", "5"], card)
+    assert answers == ["8", "12", "", "4"]
+    assert acc == pytest.approx(50.0)  # the last one's slip is carried to a wrong answer
+
+
+def test_results_file_ignores_a_torn_last_line_and_keeps_the_last_of_a_key(tmp_path):
+    results_lib.append_result(tmp_path, _r("dsbs", 100, 0, 10.0))
+    results_lib.append_result(tmp_path, _r("dsbs", 100, 0, 12.0))
+    with open(results_lib.results_path(tmp_path), "a") as f:
+        f.write('{"method": "dsbs", "fra')
+    rs = results_lib.read_results(tmp_path)
+    assert [(r.method, r.accuracy) for r in rs] == [("dsbs", 12.0)]
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    from dsbs_jax.report.builtin_data import make_builtin_data
+
+    out = tmp_path_factory.mktemp("tiny")
+    data_dir, acc = make_builtin_data(
+        str(out), {"train": 64, "validation": 8, "test": 16}, seed=0, log=lambda s: None
+    )
+    return data_dir, acc
+
+
+def _sweep(data_dir, out, log, methods=("finetune", "dsbs")):
+    from dsbs_jax.report.sweep import Sweep, SweepConfig
+
+    cfg = SweepConfig(
+        task="arith",
+        data_dir=data_dir,
+        out=str(out),
+        methods=methods,
+        fractions=(50, 100),
+        seeds=2,
+        steps=3,
+        batch_size=8,
+        model="micro",
+        test_examples=16,
+        score_rationale=True,
+    )
+    return Sweep(cfg, log=log).run()
+
+
+def test_tiny_sweep_writes_report_and_resumes(tiny_data, tmp_path):
+    from dsbs_jax.report.report import write_report
+
+    data_dir, _ = tiny_data
+    out = tmp_path / "sweep"
+    lines: list[str] = []
+    runs = _sweep(data_dir, out, lines.append)
+    assert len(runs) == 8
+    assert {(r.method, r.train_examples) for r in runs} == {
+        (m, n) for m in ("finetune", "dsbs") for n in (32, 64)
+    }
+    for r in runs:
+        assert 0.0 <= r.accuracy <= 100.0 and r.test_examples == 16
+        assert (r.rationale_accuracy is not None) == (r.method == "dsbs")
+        run_dir = out / r.model_dir
+        assert (run_dir / "checkpoint_3").is_dir()
+        assert any(f.startswith("events.out.tfevents") for f in os.listdir(run_dir / "train"))
+        assert any(f.startswith("events.out.tfevents") for f in os.listdir(run_dir / "eval"))
+        preds = [json.loads(x) for x in open(run_dir / "test_predictions.jsonl")]
+        assert len(preds) == 16
+    paths = write_report(str(out))
+    table = open(paths["table"]).read()
+    assert "| method | 32 ex (50%) | 64 ex (100%) | seeds |" in table
+    assert "| distilling step-by-step |" in table and " ± " in table
+    with open(paths["plot"], "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert "![accuracy](accuracy.png)" in open(paths["report"]).read()
+
+    # Resume: nothing is redone; after losing one line, only that run is.
+    before = open(results_lib.results_path(out)).read()
+    lines.clear()
+    _sweep(data_dir, out, lines.append)
+    assert "8 runs (8 already done)" in lines[0] and len(lines) == 1
+    assert open(results_lib.results_path(out)).read() == before
+    kept = before.splitlines()[:-1]
+    with open(results_lib.results_path(out), "w") as f:
+        f.write("\n".join(kept) + "\n")
+    lines.clear()
+    _sweep(data_dir, out, lines.append)
+    assert "8 runs (7 already done)" in lines[0] and len(lines) == 2
+    assert len(results_lib.read_results(out)) == 8
+
+    # dsbs report OUT rebuilds from the files alone.
+    os.remove(paths["table"])
+    assert main(["report", str(out)]) == 0
+    assert open(paths["table"]).read() == table
+
+
+def test_resume_with_other_settings_is_refused(tiny_data, tmp_path, capsys):
+    data_dir, _ = tiny_data
+    out = tmp_path / "s"
+    os.makedirs(out)
+    with open(out / "sweep.json", "w") as f:
+        json.dump({"core": {"task": "arith", "steps": 999}}, f)
+    code = main(
+        ["sweep", "arith", "--data_dir", data_dir, "--out", str(out), "--steps", "3",
+         "--model", "micro", "--seeds", "1", "--fractions", "100"]
+    )  # fmt: skip
+    assert code == 2
+    assert "other settings" in capsys.readouterr().err
+
+
+def test_bad_flags_are_one_line_errors(tmp_path, capsys):
+    assert main(["sweep", "arith", "--data_dir", "x", "--out", str(tmp_path), "--methods",
+                 "finetune,magic"]) == 2  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "magic" in err[0]
+    assert main(["report", str(tmp_path / "nothing")]) == 2
