@@ -49,7 +49,12 @@ def decode_batches(
             chunk = np.concatenate(
                 [chunk, np.zeros((batch_size - real, chunk.shape[1]), chunk.dtype)]
             )
-        tokens = np.asarray(jax.device_get(decode_fn(params, chunk)))[:real]
+        out = decode_fn(params, chunk)
+        if not getattr(out, "is_fully_addressable", True):  # multi-host: gather every row
+            from jax.experimental import multihost_utils
+
+            out = multihost_utils.process_allgather(out, tiled=True)
+        tokens = np.asarray(jax.device_get(out))[:real]
         for row in tokens:
             row = row.tolist()
             if trim and 1 in row:
