@@ -87,11 +87,14 @@ def test_msgpack_layout_as_t5x_writes_it(tmp_path, params):
     assert spec["kvstore"]["path"].rstrip("/") == "target.encoder.layers_0.attention.query.kernel"
     arr_dir = os.path.join(ckpt, "target.encoder.layers_0.attention.query.kernel")
     assert os.path.isfile(os.path.join(arr_dir, ".zarray"))
-    # The zarr arrays hold the values: read one with tensorstore alone.
+    # The zarr arrays hold the values, attention kernels in T5X's 2-D [embed, heads * head_dim]
+    # (DenseGeneral's `joined_kv`) form: read one with tensorstore alone.
     stored = ts.open({"driver": "zarr", "kvstore": {"driver": "file", "path": arr_dir}}).result()
-    np.testing.assert_array_equal(
-        stored.read().result(), params["encoder"]["layers_0"]["attention"]["query"]["kernel"]
-    )
+    ours = params["encoder"]["layers_0"]["attention"]["query"]["kernel"]  # [32, 4, 8]
+    assert stored.shape == (32, 32) and spec["metadata"]["shape"] == [32, 32]
+    np.testing.assert_array_equal(stored.read().result(), ours.reshape(32, 32))
+    out_spec = raw["optimizer"]["target"]["decoder"]["layers_1"]["self_attention"]["out"]["kernel"]
+    assert out_spec["metadata"]["shape"] == [32, 32]
     # MODEL_DIR, the step folder and the msgpack file itself all import to the same arrays.
     for path in (tmp_path, ckpt, os.path.join(ckpt, "checkpoint")):
         _assert_same(t5x.load_t5x(path), params)
@@ -115,6 +118,8 @@ def test_msgpack_older_specs_and_inline_arrays(tmp_path, params):
         "metadata": q["kernel"]["metadata"],
     }
     target["encoder"]["encoder_norm"]["scale"] = params["encoder"]["encoder_norm"]["scale"]
+    k = params["decoder"]["layers_0"]["encoder_decoder_attention"]["key"]["kernel"]
+    target["decoder"]["layers_0"]["encoder_decoder_attention"]["key"]["kernel"] = k.reshape(32, 32)
     with open(file, "wb") as f:
         f.write(serialization.msgpack_serialize(raw))
     _assert_same(t5x.load_t5x(tmp_path), params)

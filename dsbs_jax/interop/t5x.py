@@ -15,7 +15,12 @@ layouts (as written by `t5x/checkpoints.py`):
 - **orbax** (`OrbaxCheckpointManagerInterface`): item `state/` (a PyTree checkpoint of the same
   state dict, OCDBT) and item `dataset/`, with orbax's metadata files.
 
-Our tree is T5X's T5 v1.1 network tree, so `target` is our parameter tree as it is.
+`target` is T5X's T5 v1.1 network tree (`t5x/examples/t5/network.py`). It has our names, and
+our shapes except one: T5X's `DenseGeneral` stores attention kernels flattened to 2-D,
+query/key/value [embed, heads * head_dim] and out [heads * head_dim, embed] (logical axis
+`joined_kv`), where ours are [embed, heads, head_dim] and [heads, head_dim, embed]. Reading and
+writing reshape them (row-major, as T5X reshapes them at run time); the number of heads comes
+from each stack's `relpos_bias/rel_embedding` [heads, buckets].
 """
 
 from __future__ import annotations
@@ -33,6 +38,58 @@ PREFIX = "checkpoint"
 VERSION = 3
 
 Params = dict[str, Any]
+
+
+_ATTENTION = ("attention", "self_attention", "encoder_decoder_attention")
+
+
+def _map_attention(params: Params, fn) -> Params:
+    """Applies fn(kernel, heads, name) to every attention kernel; returns a new tree."""
+    out = dict(params)
+    for stack in ("encoder", "decoder"):
+        if stack not in params:
+            continue
+        heads = int(np.shape(params[stack]["relpos_bias"]["rel_embedding"])[0])
+        new_stack = dict(params[stack])
+        for layer_name, layer in params[stack].items():
+            if not layer_name.startswith("layers_"):
+                continue
+            new_layer = dict(layer)
+            for att in _ATTENTION:
+                if att in layer:
+                    new_layer[att] = {
+                        proj: {"kernel": fn(np.asarray(v["kernel"]), heads, proj)}
+                        for proj, v in layer[att].items()
+                    }
+            new_stack[layer_name] = new_layer
+        out[stack] = new_stack
+    return out
+
+
+def _from_joined(kernel: np.ndarray, heads: int, proj: str) -> np.ndarray:
+    if kernel.ndim == 3:  # already [embed, heads, head_dim] / [heads, head_dim, embed]
+        return kernel
+    if proj == "out":  # [heads * head_dim, embed] -> [heads, head_dim, embed]
+        return kernel.reshape(heads, kernel.shape[0] // heads, kernel.shape[1])
+    return kernel.reshape(kernel.shape[0], heads, kernel.shape[1] // heads)
+
+
+def _to_joined(kernel: np.ndarray, heads: int, proj: str) -> np.ndarray:
+    if kernel.ndim == 2:
+        return kernel
+    if proj == "out":
+        return kernel.reshape(-1, kernel.shape[-1])
+    return kernel.reshape(kernel.shape[0], -1)
+
+
+def from_t5x_params(target: Params) -> Params:
+    """T5X's `target` tree (2-D attention kernels) as our parameter tree."""
+    return _map_attention(target, _from_joined)
+
+
+def to_t5x_params(params: Params) -> Params:
+    """Our parameter tree as T5X's `target` tree (2-D attention kernels)."""
+    return _map_attention(params, _to_joined)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -210,7 +267,8 @@ def write_msgpack_checkpoint(
 ) -> str:
     """Writes `MODEL_DIR/checkpoint_<step>/` in T5X's msgpack + tensorstore layout.
 
-    Every array goes to its own zarr (gzip) folder named by its path (`target.encoder...`,
+    `params` is our tree (attention kernels are flattened to T5X's 2-D form); `param_states`
+    is written as given, so it must already be in T5X's shapes. Every array goes to its own zarr (gzip) folder named by its path (`target.encoder...`,
     `state.param_states...`); the step stays inline. Returns the checkpoint folder.
     """
     from flax import serialization  # noqa: PLC0415
@@ -218,7 +276,7 @@ def write_msgpack_checkpoint(
     final = os.path.join(os.fspath(model_dir), f"{PREFIX}_{step}")
     tmp = final + ".tmp"
     os.makedirs(tmp, exist_ok=True)
-    state = {"target": params, "state": {"step": np.asarray(step, np.int32)}}
+    state = {"target": to_t5x_params(params), "state": {"step": np.asarray(step, np.int32)}}
     if param_states is not None:
         state["state"]["param_states"] = param_states
     written = _write_msgpack_tree(state, tmp, "", inline_rank0=True)
@@ -271,7 +329,7 @@ def write_orbax_checkpoint(
     import orbax.checkpoint as ocp  # noqa: PLC0415
 
     model_dir = os.path.abspath(os.fspath(model_dir))
-    state = {"target": params, "state": {"step": np.asarray(step, np.int32)}}
+    state = {"target": to_t5x_params(params), "state": {"step": np.asarray(step, np.int32)}}
     if param_states is not None:
         state["state"]["param_states"] = param_states
     manager = ocp.CheckpointManager(
@@ -296,8 +354,8 @@ def load_t5x(path: str | os.PathLike, step: int | None = None) -> Params:
         raise UserError(f"{os.fspath(path)}: not a T5X checkpoint")
     kind, location = found
     if kind == "msgpack":
-        return read_msgpack_state(location, "target")
-    return read_orbax_state(location, "target")
+        return from_t5x_params(read_msgpack_state(location, "target"))
+    return from_t5x_params(read_orbax_state(location, "target"))
 
 
 def save_t5x(
