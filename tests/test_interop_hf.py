@@ -102,7 +102,7 @@ def test_hf_to_ours(tmp_path, name, kw, safe):
     enc, dec = _inputs()
     diff = np.abs(_our_logits(config, params, enc, dec) - _hf_logits(model, enc, dec)).max()
     assert diff < TOL, f"{name}: HF->ours max |logit diff| {diff}"
-    if not kw["tie_word_embeddings"]:
+    if name == "v1_1":  # greedy decoding is the same code for every layout: one is enough
         ours = np.asarray(greedy_decode(Transformer(config), params, jnp.asarray(enc), 10))
         np.testing.assert_array_equal(ours, _hf_greedy(model, enc, 10))
         assert (ours > 1).sum() > 10  # the decodes say something

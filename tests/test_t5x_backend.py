@@ -33,7 +33,7 @@ def mixture():
     seqio.MixtureRegistry.remove(MIX)
 
 
-def _batches(name, converter, n=4, batch=8):
+def _batches(name, converter, n=3, batch=8):
     ds = seqio.get_dataset(
         name, LENGTHS, converter, dataset_split="train", shuffle=True, seed=0, num_epochs=None
     )
