@@ -19,6 +19,8 @@ setup(
         "flax>=0.12.8",
         "optax>=0.2.8",
         "orbax-checkpoint>=0.12.8",
+        "tensorstore>=0.1.86",  # T5X's msgpack + tensorstore checkpoints
+        "ml-dtypes>=0.5",
         "seqio>=0.0.20",
         # tensorflow-text (needed by seqio) depends on `tensorflow`, not `tensorflow-cpu`.
         # Asking for `tensorflow` alone avoids two TF builds in one environment; on a
@@ -39,6 +41,8 @@ setup(
         # Hugging Face interop and the PyTorch baseline in bench/. torch 2.13.0 (CPU) is
         # what this project was tested with.
         "hf": ["torch>=2.13.0", "transformers>=4.46", "safetensors>=0.4"],
+        # seqio's cache_tasks_main (offline caching of tasks) runs on Apache Beam.
+        "cache": ["apache-beam>=2.50"],
     },
     entry_points={"console_scripts": ["dsbs=dsbs_jax.cli:main"]},
     classifiers=[

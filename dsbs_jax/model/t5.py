@@ -1,7 +1,10 @@
 """T5 v1.1 encoder-decoder in flax linen, with T5X's parameter names and logical axes.
 
-The parameter tree matches T5X's `t5x/examples/t5/network.py` one to one (names, shapes, axes),
-so T5X checkpoints load without renaming. Differences from T5X, none of which change the numbers:
+The parameter tree has the names and logical axes of T5X's `t5x/examples/t5/network.py`, so T5X
+checkpoints map one to one, name for name. One shape differs: attention kernels are 3-D here
+(query/key/value [embed, heads, head_dim], out [heads, head_dim, embed]) where T5X stores them 2-D
+([embed, heads * head_dim] and [heads * head_dim, embed]); `dsbs_jax.interop.t5x` reshapes them on
+read and write. Other differences from T5X, none of which change the numbers:
 the relative position bias is computed once per stack (T5X recomputes it in every layer from the
 same parameters), the bias follows the `*_positions` arrays when they are given, and the key/value
 cache is laid out [batch, length, heads, head_dim].
