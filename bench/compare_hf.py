@@ -95,7 +95,7 @@ class HFRunner:
         loss.backward()
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
-        return float(loss)
+        return loss.item()
 
     def run(self, steps: int, warmup: int) -> dict[str, float]:
         for _ in range(warmup):
@@ -103,7 +103,7 @@ class HFRunner:
         self.real = self.total = 0
         t0 = time.perf_counter()
         for _ in range(steps):
-            loss = self.step()
+            loss = self.step()  # float(): waits for the step
         wall = time.perf_counter() - t0
         return {"examples_per_s": steps * self.batch / wall, "wall_s": wall,
                 "nonpad_share": self.real / self.total, "final_loss": loss}  # fmt: skip
@@ -154,11 +154,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=20, help="timed steps per side per round")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="torch threads; 1: XLA on one too")
     p.add_argument("--data_dir", default=tt.DEFAULT_DATA)
     p.add_argument("--cache_dir", default="/tmp/dsbs_bench")
     args = p.parse_args(argv)
 
+    if args.threads == 1:  # both sides on one thread (fair under load from other processes)
+        os.environ["XLA_FLAGS"] = (
+            os.environ.get("XLA_FLAGS", "")
+            + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+        )
     import torch
 
     torch.set_num_threads(args.threads)
