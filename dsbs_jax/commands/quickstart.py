@@ -18,13 +18,13 @@ from dsbs_jax.commands.sweep import add_sweep_arguments, config_from_args
 BUDGETS: dict[str, dict] = {
     "default": {
         "sizes": {"train": 1000, "validation": 100, "test": 200},
-        "difficulty": "default",
+        "difficulty": "easy",
         "sweep": {
             "methods": ("finetune", "distill", "dsbs"),
             "fractions": (25.0, 50.0, 100.0),
             "seeds": 3,
             "steps": 300,
-            "batch_size": 32,
+            "batch_size": 16,
             "model": "quickstart",
             "learning_rate": 3e-3,
             "test_examples": 200,

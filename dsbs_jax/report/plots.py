@@ -63,7 +63,7 @@ def plot_accuracy(
                 (0.01, teacher_accuracy),
                 xycoords=("axes fraction", "data"),
                 textcoords="offset points",
-                xytext=(0, 3),
+                xytext=(0, -10),
                 fontsize=8,
                 color="gray",
             )
@@ -76,7 +76,7 @@ def plot_accuracy(
         ax.set_title(label, fontsize=10)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("test accuracy (%)")
-    axes[0][-1].legend(fontsize=8, loc="best")
+    axes[0][0].legend(fontsize=8, loc="best")  # the first panel has every method
     if title:
         fig.suptitle(title, fontsize=11)
     fig.tight_layout()
