@@ -22,3 +22,21 @@ def shared_data() -> pathlib.Path:
     if not (SHARED_DATA / "cqa").is_dir():
         pytest.skip(f"released data not found at {SHARED_DATA} (set DSBS_SHARED_DATA)")
     return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def _restore_data_settings(monkeypatch):
+    """CLI calls point seqio and the vocabulary at a data dir for the rest of their process; in
+    one pytest process, each test starts from the same settings instead."""
+    for name in ("DSBS_DATA_DIR", "DSBS_VOCAB"):
+        if name in os.environ:
+            monkeypatch.setenv(name, os.environ[name])
+        else:
+            monkeypatch.delenv(name, raising=False)
+    yield
+    import seqio
+
+    from dsbs_jax.data import vocab
+
+    seqio.set_tfds_data_dir_override(None)
+    vocab.set_vocabulary_override(None)

@@ -166,6 +166,7 @@ def train(
     if is_main:
         with open(os.path.join(model_dir, "config.gin"), "w") as f:
             f.write(gin.config_str())
+    input_pipeline.tasks_and_rates(mixture_or_task_name)  # an unknown name fails here, in one line
     config = model_config_for(model_config, mixture_or_task_name)
     model = Transformer(config)
 
