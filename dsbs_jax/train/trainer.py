@@ -147,6 +147,7 @@ def train(
     mesh: jax.sharding.Mesh | None = None,
     axis_rules: partitioning.LogicalRules | None = None,
     optimizer: optax.GradientTransformation | None = None,
+    learning_rate_fn: optax.Schedule | None = None,
 ) -> TrainResult:
     """Trains the student and returns its final metrics. Resumes from MODEL_DIR when it has checkpoints.
 
@@ -200,7 +201,10 @@ def train(
     num_tasks = len(task_names)
 
     # ---------------------------------------------------------------- model and optimizer
-    schedule = optimizers.learning_rate_schedule(total_steps=train_steps)
+    # An optimizer passed in (Python callers) logs the learning rate only with its schedule.
+    schedule = learning_rate_fn
+    if optimizer is None:
+        schedule = optimizers.learning_rate_schedule(total_steps=train_steps)
     tx = optimizer or optimizers.make_optimizer(schedule)
     enc_len, dec_len = task_feature_lengths["inputs"], task_feature_lengths["targets"]
 
@@ -262,8 +266,9 @@ def train(
         updates, opt_state = tx.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
         aux["loss"] = loss
-        aux["grad_norm"] = optax.global_norm(grads)
-        aux["learning_rate"] = schedule(step)
+        aux["grad_norm"] = optax.tree.norm(grads)
+        if schedule is not None:
+            aux["learning_rate"] = schedule(step)
         return params, opt_state, aux
 
     step_fn = jax.jit(
@@ -342,11 +347,9 @@ def train(
             if report:
                 aux = jax.device_get(aux)
                 elapsed = max(time.time() - t_last, 1e-9)
-                last_metrics = {
-                    "loss": float(aux["loss"]),
-                    "grad_norm": float(aux["grad_norm"]),
-                    "learning_rate": float(aux["learning_rate"]),
-                }
+                last_metrics = {"loss": float(aux["loss"]), "grad_norm": float(aux["grad_norm"])}
+                if "learning_rate" in aux:
+                    last_metrics["learning_rate"] = float(aux["learning_rate"])
                 for t, name in enumerate(task_names, start=1):
                     last_metrics[f"loss/{name}"] = float(aux[f"task_{t}/loss"])
                 last_metrics["steps_per_second"] = steps_since / elapsed
