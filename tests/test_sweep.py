@@ -88,7 +88,7 @@ def tiny_data(tmp_path_factory):
     return data_dir, acc
 
 
-def _sweep(data_dir, out, log, methods=("finetune", "dsbs")):
+def _sweep(data_dir, out, log, methods=("finetune", "dsbs"), fractions=(50, 100), workers=1):
     from dsbs_jax.report.sweep import Sweep, SweepConfig
 
     cfg = SweepConfig(
@@ -96,7 +96,8 @@ def _sweep(data_dir, out, log, methods=("finetune", "dsbs")):
         data_dir=data_dir,
         out=str(out),
         methods=methods,
-        fractions=(50, 100),
+        fractions=fractions,
+        workers=workers,
         seeds=2,
         steps=3,
         batch_size=8,
@@ -153,6 +154,25 @@ def test_tiny_sweep_writes_report_and_resumes(tiny_data, tmp_path):
     os.remove(paths["table"])
     assert main(["report", str(out)]) == 0
     assert open(paths["table"]).read() == table
+
+
+def test_two_workers_run_every_planned_run_exactly_once(tiny_data, tmp_path):
+    data_dir, _ = tiny_data
+    out = tmp_path / "w"
+    lines: list[str] = []
+    runs = _sweep(data_dir, out, lines.append, fractions=(100,), workers=2)
+    assert sorted((r.method, r.seed) for r in runs) == [
+        ("dsbs", 0), ("dsbs", 1), ("finetune", 0), ("finetune", 1)
+    ]  # fmt: skip
+    keys = [(o["method"], o["seed"]) for o in map(json.loads, open(results_lib.results_path(out)))]
+    assert len(keys) == len(set(keys)) == 4  # claimed once each, no run trained twice
+    assert "2 worker processes" in lines[0]
+    set_up = {x.split(":")[0] for x in lines if x.startswith("worker") and "set up in" in x}
+    assert set_up == {"worker 0", "worker 1"}
+    assert sum(" accuracy " in x for x in lines) == 4
+    assert not (out / "claims").exists()
+    for r in runs:
+        assert (out / r.model_dir / "test_predictions.jsonl").exists()
 
 
 def test_resume_with_other_settings_is_refused(tiny_data, tmp_path, capsys):

@@ -14,7 +14,9 @@ import time
 
 from dsbs_jax.commands.sweep import add_sweep_arguments, config_from_args
 
-# What each budget trains. `default` fits in 10 minutes on 2 CPU cores end to end.
+# What each budget trains. `default` fits in 10 minutes on 2 CPU cores end to end (measured in
+# docs/quickstart.md); its students are under-trained, see there. `--workers 2` runs two runs
+# side by side; on this shared 2-core machine it was not faster, so the default is one process.
 BUDGETS: dict[str, dict] = {
     "default": {
         "sizes": {"train": 1000, "validation": 100, "test": 200},

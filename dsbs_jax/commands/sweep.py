@@ -78,6 +78,11 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
         help="also decode `explain:` and score the answer read from the generated rationale",
     )
     parser.add_argument("--test_examples", type=int, help="score the first N test examples")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help="worker processes running runs side by side, one thread each (default 1)",
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -114,6 +119,7 @@ def config_from_args(args: argparse.Namespace, **defaults) -> SweepConfig:
         "test_examples",
         "warmup_steps",
         "lengths",
+        "workers",
     ):
         v = getattr(args, name, None)
         if v is not None:

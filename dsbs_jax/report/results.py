@@ -49,8 +49,11 @@ def results_path(out_dir: str | os.PathLike) -> str:
 
 
 def append_result(out_dir: str | os.PathLike, result: RunResult) -> None:
-    """Appends one run's line and flushes it to disk."""
+    """Appends one run's line and flushes it to disk (locked: sweep workers append side by side)."""
+    import fcntl
+
     with open(results_path(out_dir), "a", encoding="utf-8") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
         f.write(json.dumps(dataclasses.asdict(result), sort_keys=True) + "\n")
         f.flush()
         os.fsync(f.fileno())

@@ -45,17 +45,18 @@ METHODS = ("finetune", "distill", "distill_matched", "dsbs")
 SWEEP_FILE = "sweep.json"
 
 # Students trained from scratch (tied embeddings; T5 v1.1 otherwise). `quickstart` is sized for
-# a laptop CPU's minutes, `full` for `dsbs quickstart --budget full`; any
+# a laptop CPU's minutes (d_model 32: at the same steps it reached a lower loss than d_model 64,
+# and its dsbs step costs ~0.6x; measured in docs/quickstart.md), `full` for `dsbs quickstart --budget full`; any
 # dsbs_jax/gin_configs/models/<name>.gin (t5_1_1_small, ...) also works, as does a .gin path.
 MODELS: dict[str, T5Config] = {
     "quickstart": T5Config(
         vocab_size=0,
-        emb_dim=64,
-        num_heads=4,
+        emb_dim=32,
+        num_heads=2,
         head_dim=16,
         num_encoder_layers=2,
         num_decoder_layers=2,
-        mlp_dim=128,
+        mlp_dim=64,
         dropout_rate=0.0,
         logits_via_embedding=True,
     ),
@@ -125,6 +126,7 @@ class SweepConfig:
     alpha: float = 0.5
     initial_checkpoint: str | None = None
     vocabulary: str | None = None
+    workers: int = 1  # processes that run the planned runs side by side (not a core setting)
 
     def __post_init__(self) -> None:
         self.methods = tuple(self.methods)
@@ -134,8 +136,8 @@ class SweepConfig:
             raise UserError(f"--methods: unknown {bad}; known: {', '.join(METHODS)}")
         if not self.fractions or any(not 0 < f <= 100 for f in self.fractions):
             raise UserError(f"--fractions {self.fractions}: each must be in (0, 100]")
-        if self.seeds < 1 or self.steps < 1 or self.batch_size < 1:
-            raise UserError("--seeds, --steps and --batch_size must be at least 1")
+        if self.seeds < 1 or self.steps < 1 or self.batch_size < 1 or self.workers < 1:
+            raise UserError("--seeds, --steps, --batch_size and --workers must be at least 1")
         if not 0 < self.alpha < 1:
             raise UserError(f"--alpha {self.alpha}: must be in (0, 1)")
         if self.warmup_steps is None:
@@ -379,7 +381,7 @@ class Sweep:
             "teacher_test_accuracy": self.teacher_accuracy,
             "model_config": dataclasses.asdict(self.model_config),
         }
-        tmp = path + ".tmp"
+        tmp = f"{path}.{os.getpid()}.tmp"  # workers write it too
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(info, f, indent=1, sort_keys=True)
         os.replace(tmp, path)
@@ -557,19 +559,45 @@ class Sweep:
 
     # ---- everything
     def run(self) -> list[results_lib.RunResult]:
-        """Runs every planned run not yet in the results file; returns all finished runs."""
+        """Runs every planned run not yet in the results file; returns all finished runs.
+
+        With `workers` > 1 the runs go to that many worker processes (`report.workers`), each
+        claiming the next unclaimed run; every run is seeded on its own, so which process runs
+        it does not change its result.
+        """
         self._setup()
         plans = self.plans()
-        done = {r.key for r in results_lib.read_results(self.out)}
-        todo = [p for p in plans if results_lib.run_key(p.method, p.fraction, p.seed) not in done]
+        todo = self.todo(plans)
         self.log(
             f"sweep {self.cfg.task}: {len(plans)} runs ({len(plans) - len(todo)} already done), "
             f"lengths {self.lengths}, train set {self.total}, test {len(self.test)} examples"
+            + (f", {self.cfg.workers} worker processes" if self.cfg.workers > 1 else "")
         )
+        if self.cfg.workers > 1 and len(todo) > 1:
+            from dsbs_jax.report import workers
+
+            workers.run_in_workers(self.cfg, min(self.cfg.workers, len(todo)), self.log)
+        else:
+            self.run_plans(todo, len(plans))
+        return results_lib.read_results(self.out)
+
+    def todo(self, plans: list[Plan]) -> list[Plan]:
+        """The planned runs not yet in the results file."""
+        done = {r.key for r in results_lib.read_results(self.out)}
+        return [p for p in plans if results_lib.run_key(p.method, p.fraction, p.seed) not in done]
+
+    def run_plans(
+        self, todo: list[Plan], total: int, claim: Callable[[Plan], bool] | None = None
+    ) -> None:
+        """Runs `todo` in order (skipping those `claim` refuses), appending each result; the log
+        counts finished runs out of `total`."""
         t0 = time.perf_counter()
-        for i, plan in enumerate(todo, start=1):
+        for plan in todo:
+            if claim is not None and not claim(plan):
+                continue
             r = self.run_one(plan)
             results_lib.append_result(self.out, r)
+            done = len(results_lib.read_results(self.out))
             extra = (
                 f", rationale->answer {r.rationale_accuracy:.1f}%"
                 if r.rationale_accuracy is not None
@@ -577,9 +605,9 @@ class Sweep:
             )
             t = r.timing
             self.log(
-                f"[{i}/{len(todo)}] {plan.method} {plan.train_examples} ex seed {plan.seed}: "
+                f"[{done}/{total}] {plan.method} "
+                f"{plan.train_examples} ex seed {plan.seed}: "
                 f"accuracy {r.accuracy:.1f}%{extra} ({r.seconds:.1f} s: train {t['train']:.1f} "
                 f"of which compile {t['train_compile']:.1f}, eval {t['eval']:.1f}; "
                 f"elapsed {time.perf_counter() - t0:.0f} s)"
             )
-        return results_lib.read_results(self.out)
