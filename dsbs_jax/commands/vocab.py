@@ -12,6 +12,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--vocab_size", type=int, default=8000, help="pieces (default 8000)")
     parser.add_argument(
+        "--model_type",
+        choices=("unigram", "bpe"),
+        default="unigram",
+        help="sentencepiece model type (bpe keeps whole words on a small corpus)",
+    )
+    parser.add_argument(
         "--out", help="model file (default: <data_dir>/dsbs_<task>/spm.model, where tasks look)"
     )
 
@@ -24,7 +30,9 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"training a {args.vocab_size}-piece sentencepiece model on {args.task} train", flush=True
     )
-    path = train_vocab(args.task, args.data_dir, args.vocab_size, args.out)
+    path = train_vocab(
+        args.task, args.data_dir, args.vocab_size, args.out, model_type=args.model_type
+    )
     sp = spm.SentencePieceProcessor(model_file=path)
     print(
         f"wrote {path}: {sp.get_piece_size()} pieces + {EXTRA_IDS} sentinel ids "

@@ -113,8 +113,15 @@ def training_texts(examples: Iterable[dict[str, str]]) -> Iterator[str]:
                 yield ex[key]
 
 
-def train_sentencepiece(texts: Iterable[str], out_path: str, vocab_size: int = 8000) -> str:
-    """Trains a unigram sentencepiece model with T5's ids (at most vocab_size pieces); writes it."""
+def train_sentencepiece(
+    texts: Iterable[str],
+    out_path: str,
+    vocab_size: int = 8000,
+    model_type: str = "unigram",
+    num_threads: int | None = None,
+) -> str:
+    """Trains a sentencepiece model (`unigram` or `bpe`) with T5's ids (at most vocab_size
+    pieces) and writes it. num_threads 1 makes the model reproducible bit for bit."""
     import sentencepiece as spm
 
     model = io.BytesIO()
@@ -123,7 +130,7 @@ def train_sentencepiece(texts: Iterable[str], out_path: str, vocab_size: int = 8
             sentence_iterator=iter(list(texts)),
             model_writer=model,
             vocab_size=vocab_size,
-            model_type="unigram",
+            model_type=model_type,
             pad_id=PAD_ID,
             eos_id=EOS_ID,
             unk_id=UNK_ID,
@@ -134,7 +141,7 @@ def train_sentencepiece(texts: Iterable[str], out_path: str, vocab_size: int = 8
             character_coverage=1.0,
             normalization_rule_name="nmt_nfkc",
             max_sentence_length=1 << 14,
-            num_threads=max(1, min(8, os.cpu_count() or 1)),
+            num_threads=num_threads or max(1, min(8, os.cpu_count() or 1)),
             minloglevel=2,
         )
     except RuntimeError as e:
@@ -169,8 +176,10 @@ def train_vocab(
     data_dir: str | os.PathLike | None = None,
     vocab_size: int = 8000,
     out_path: str | None = None,
+    model_type: str = "unigram",
+    num_threads: int | None = None,
 ) -> str:
     """Trains the dataset's vocabulary on its prepared train split; returns the model path."""
     out_path = out_path or default_vocab_path(dataset, data_dir)
     texts = list(training_texts(read_prepared(dataset, "train", data_dir)))
-    return train_sentencepiece(texts, out_path, vocab_size)
+    return train_sentencepiece(texts, out_path, vocab_size, model_type, num_threads)

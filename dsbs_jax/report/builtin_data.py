@@ -8,11 +8,8 @@ Everything is seeded by `seed`, so the same call writes the same files.
 
 from __future__ import annotations
 
-import io
 import os
 from collections.abc import Callable
-
-from dsbs_jax.data.vocab import EOS_ID, PAD_ID, UNK_ID, default_vocab_path
 
 
 def train_bpe_vocab(
@@ -20,39 +17,14 @@ def train_bpe_vocab(
 ) -> str:
     """A BPE sentencepiece model with T5's ids (pad 0, eos 1, unk 2, digits split) on train.
 
-    `dsbs vocab` trains a unigram model; on the built-in task's small corpus that one stops at
-    ~420 pieces and splits common words ("ha" "s"), which makes sequences ~1.6x longer. BPE
-    keeps whole words, and the digits split, so the student reads numbers digit by digit.
+    `dsbs vocab` trains a unigram model by default; on the built-in task's small corpus that one
+    stops at ~420 pieces and splits common words ("ha" "s"), which makes sequences ~1.6x longer.
+    BPE keeps whole words, and the digits split, so the student reads numbers digit by digit.
+    One thread: the same model on every run.
     """
-    import sentencepiece as spm
+    from dsbs_jax.data.vocab import train_vocab
 
-    from dsbs_jax.data.vocab import read_prepared, training_texts
-
-    texts = list(training_texts(read_prepared(dataset, "train", data_dir)))
-    model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(texts),
-        model_writer=model,
-        vocab_size=vocab_size,
-        model_type="bpe",
-        pad_id=PAD_ID,
-        eos_id=EOS_ID,
-        unk_id=UNK_ID,
-        bos_id=-1,
-        split_digits=True,
-        byte_fallback=True,
-        hard_vocab_limit=False,
-        character_coverage=1.0,
-        num_threads=1,  # deterministic
-        minloglevel=2,
-    )
-    out_path = out_path or default_vocab_path(dataset, data_dir)
-    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    tmp = out_path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(model.getvalue())
-    os.replace(tmp, out_path)
-    return out_path
+    return train_vocab(dataset, data_dir, vocab_size, out_path, model_type="bpe", num_threads=1)
 
 
 def make_builtin_data(
