@@ -50,6 +50,16 @@ def _load(module: str):
     return importlib.import_module(f"dsbs_jax.commands.{module}")
 
 
+def _one_line(e: Exception) -> str:
+    """The message of a UserError on one line: gin appends "In call to configurable ..." lines,
+    and tf.data wraps an error raised while tracing in "in user code:" and a stack."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    if not lines:
+        return type(e).__name__
+    inner = [line for line in lines if line.startswith("UserError: ")]
+    return inner[-1][len("UserError: ") :] if inner else lines[0]
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `dsbs` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -65,8 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(module.run(args) or 0)
     except UserError as e:
-        # gin appends "In call to configurable ..." lines; the first line says it all.
-        message = str(e).splitlines()[0] if str(e) else type(e).__name__
+        message = _one_line(e)
         print(f"dsbs {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
