@@ -129,3 +129,20 @@ def test_train_bad_input_is_one_line(tmp_path, capsys):
     assert rc == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no_such_task" in err[0]
+
+
+def test_user_error_inside_tf_data_tracing_prints_its_own_line():
+    from dsbs_jax.errors import UserError
+
+    traced = UserError(
+        'in user code:\n\n    File "seqio/vocabularies.py", line 1\n'
+        "    UserError: /d/dsbs_svamp/spm.model: no vocabulary; train one with `dsbs vocab`\n"
+    )
+    assert (
+        cli._one_line(traced)
+        == "/d/dsbs_svamp/spm.model: no vocabulary; train one with `dsbs vocab`"
+    )
+    assert (
+        cli._one_line(UserError("x.gin: not found\n  In call to configurable 'train'"))
+        == "x.gin: not found"
+    )
