@@ -8,8 +8,6 @@ from typing import Any
 
 import flax.linen as nn
 import gin
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from dsbs_jax.data import cards as cards_lib
@@ -28,15 +26,8 @@ def load_model(config: T5Config, name: str, checkpoint_path: str, lengths: tuple
     mesh = partitioning.make_mesh()
     rules = partitioning.logical_axis_rules()
 
-    def init(rng):
-        enc = jnp.ones((1, lengths[0]), jnp.int32)
-        dec = jnp.ones((1, lengths[1]), jnp.int32)
-        return model.init({"params": rng}, enc, dec, dec, enable_dropout=False)["params"]
-
     with mesh, nn.logical_axis_rules(rules):
-        boxed = jax.eval_shape(init, jax.random.PRNGKey(0))
-        shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed), mesh, rules)
-        abstract = checkpoints.abstract_with_shardings(nn.meta.unbox(boxed), shardings)
+        _, _, abstract = partitioning.param_layout(model, lengths, mesh, rules)
         params = checkpoints.load_params(checkpoint_path, abstract)
     return model, params, mesh, rules
 

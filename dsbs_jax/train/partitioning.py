@@ -9,8 +9,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import flax.linen as nn
 import gin
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -127,3 +129,28 @@ def on_mesh(shardings, mesh: Mesh):
         )
 
     return jax.tree.map(fix, shardings)
+
+
+def param_layout(
+    model: nn.Module, lengths: tuple[int, int], mesh: Mesh, rules: LogicalRules, seed: int = 0
+):
+    """How the model's parameters lie on the mesh, without allocating them.
+
+    Returns (init, shardings, abstract): `init(rng)` builds the unboxed parameters (jit it with
+    `out_shardings=shardings`), and `abstract` holds ShapeDtypeStructs that carry the shardings
+    (what checkpoints restore onto). Call inside `with mesh, nn.logical_axis_rules(rules)`.
+    """
+
+    def boxed_init(rng):
+        enc = jnp.ones((1, lengths[0]), jnp.int32)
+        dec = jnp.ones((1, lengths[1]), jnp.int32)
+        return model.init({"params": rng}, enc, dec, dec, enable_dropout=False)["params"]
+
+    boxed = jax.eval_shape(boxed_init, jax.random.PRNGKey(seed))
+    shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed), mesh, rules)
+    abstract = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+        nn.meta.unbox(boxed),
+        shardings,
+    )
+    return (lambda rng: nn.meta.unbox(boxed_init(rng))), shardings, abstract

@@ -208,17 +208,11 @@ def train(
     tx = optimizer or optimizers.make_optimizer(schedule)
     enc_len, dec_len = task_feature_lengths["inputs"], task_feature_lengths["targets"]
 
-    def init_params(rng):
-        enc = jnp.ones((1, enc_len), jnp.int32)
-        dec = jnp.ones((1, dec_len), jnp.int32)
-        return model.init({"params": rng}, enc, dec, dec, enable_dropout=False)["params"]
-
     # ---------------------------------------------------------------- shardings and state
     with mesh, nn.logical_axis_rules(rules):
-        boxed = jax.eval_shape(init_params, jax.random.PRNGKey(random_seed))
-        param_specs = nn.get_partition_spec(boxed)
-        param_shardings = nn.logical_to_mesh_sharding(param_specs, mesh, rules)
-        abstract_params = checkpoints.abstract_with_shardings(nn.meta.unbox(boxed), param_shardings)
+        init_params, param_shardings, abstract_params = partitioning.param_layout(
+            model, (enc_len, dec_len), mesh, rules, random_seed
+        )
         opt_shardings = jax.jit(tx.init).lower(abstract_params).compile().output_shardings
         opt_shardings = partitioning.on_mesh(opt_shardings, mesh)
         abstract_opt = checkpoints.abstract_with_shardings(
@@ -237,9 +231,9 @@ def train(
             if initial_checkpoint_path:
                 params = checkpoints.load_params(initial_checkpoint_path, abstract_params)
             else:
-                params = jax.jit(
-                    lambda r: nn.meta.unbox(init_params(r)), out_shardings=param_shardings
-                )(jax.random.PRNGKey(random_seed))
+                params = jax.jit(init_params, out_shardings=param_shardings)(
+                    jax.random.PRNGKey(random_seed)
+                )
             opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(params)
 
     # ---------------------------------------------------------------- the update step
