@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from random_params import random_params
 
 from dsbs_jax.errors import UserError
 from dsbs_jax.interop import hf, safetensors_io
@@ -106,23 +107,6 @@ def test_hf_to_ours(tmp_path, name, kw, safe):
         ours = np.asarray(greedy_decode(Transformer(config), params, jnp.asarray(enc), 10))
         np.testing.assert_array_equal(ours, _hf_greedy(model, enc, 10))
         assert (ours > 1).sum() > 10  # the decodes say something
-
-
-def random_params(config: T5Config, seed: int = 0) -> dict:
-    """Random numpy parameters in the network's tree (shapes from eval_shape; nothing compiles)."""
-    enc = jnp.ones((1, 8), jnp.int32)
-    shapes = jax.eval_shape(
-        lambda r: Transformer(config).init(r, enc, enc, enc, enable_dropout=False)["params"],
-        jax.random.PRNGKey(0),
-    )
-    rng = np.random.default_rng(seed)
-
-    def draw(s):
-        if len(s.shape) == 1:  # norm scales
-            return (1.0 + 0.1 * rng.standard_normal(s.shape)).astype(np.float32)
-        return (rng.standard_normal(s.shape) * s.shape[0] ** -0.5).astype(np.float32)
-
-    return jax.tree.map(draw, nn.meta.unbox(shapes))
 
 
 @pytest.mark.parametrize("tied", [False, True])

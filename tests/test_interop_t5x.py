@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tensorstore as ts
 from flax import serialization
+from random_params import random_params
 
 from dsbs_jax import interop
 from dsbs_jax.errors import UserError
@@ -22,23 +23,6 @@ CONFIG = T5Config(
     vocab_size=128, emb_dim=32, num_heads=4, head_dim=8, num_encoder_layers=2,
     num_decoder_layers=2, mlp_dim=64, dropout_rate=0.0,
 )  # fmt: skip
-
-
-def random_params(config: T5Config, seed: int = 0) -> dict:
-    """Random numpy parameters in the network's tree (shapes from eval_shape; nothing compiles)."""
-    enc = jnp.ones((1, 8), jnp.int32)
-    shapes = jax.eval_shape(
-        lambda r: Transformer(config).init(r, enc, enc, enc, enable_dropout=False)["params"],
-        jax.random.PRNGKey(0),
-    )
-    rng = np.random.default_rng(seed)
-
-    def draw(s):
-        if len(s.shape) == 1:  # norm scales
-            return (1.0 + 0.1 * rng.standard_normal(s.shape)).astype(np.float32)
-        return (rng.standard_normal(s.shape) * s.shape[0] ** -0.5).astype(np.float32)
-
-    return jax.tree.map(draw, nn.meta.unbox(shapes))
 
 
 @pytest.fixture(scope="module")
