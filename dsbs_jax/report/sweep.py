@@ -160,6 +160,8 @@ class Plan:
     rows: int
     train_examples: int
     target_length: int
+    input_length: int = 0  # 0: the sweep's input length
+    pack: bool = False  # dsbs: each example's label and rationale share a packed row
 
     @property
     def model_dir_parts(self) -> tuple[str, str, str]:
@@ -327,6 +329,11 @@ class Sweep:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
         self.timer = CompileTimer()
+        # Kept across runs: runs alike in steps and shapes reuse one optimizer object, so the
+        # trainer's jitted programs and the decoders are traced and compiled once per sweep.
+        self.optimizers: dict[int, Any] = {}
+        self.programs: dict = {}
+        self.decoders: dict = {}
 
         cfg = self.cfg
         self.card = load_card(cfg.task)
@@ -394,19 +401,25 @@ class Sweep:
             for fraction in cfg.fractions:
                 n = max(1, round(self.total * fraction / 100))
                 for method in cfg.methods:
-                    steps, rows = cfg.steps, cfg.batch_size
-                    target = self.lengths["labels"]
+                    steps, rows, pack = cfg.steps, cfg.batch_size, False
+                    target, inputs = self.lengths["labels"], self.lengths["inputs"]
                     if method == "finetune":
                         mixture = f"{name}_finetune"
                     elif method in ("distill", "distill_matched"):
                         mixture = f"{name}_distill"
                         steps = 2 * cfg.steps if method == "distill_matched" else cfg.steps
                     else:
-                        mixture, rows = self.dsbs_mixture, 2 * cfg.batch_size
-                        target = max(self.lengths["rationales"], self.lengths["labels"])
+                        # Both tasks of an example are adjacent in the stream (exact weighting),
+                        # so a row sized for the pair packs them together: batch_size rows hold
+                        # about batch_size examples, and label rows are not padded to the
+                        # rationale's length.
+                        mixture, pack = self.dsbs_mixture, True
+                        target = self.lengths["labels"] + self.lengths["rationales"]
+                        inputs = 2 * self.lengths["inputs"]
                     out.append(
-                        Plan(method, fraction, cfg.seed + s, mixture, steps, rows, n, target)
-                    )
+                        Plan(method, fraction, cfg.seed + s, mixture, steps, rows, n, target,
+                             inputs, pack)
+                    )  # fmt: skip
         return out
 
     # ---- one run
@@ -414,18 +427,20 @@ class Sweep:
         from dsbs_jax.train import optimizers, trainer
 
         cfg = self.cfg
-        schedule = optimizers.learning_rate_schedule(
-            "cosine", cfg.learning_rate, min(cfg.warmup_steps, plan.steps - 1), plan.steps
-        )
-        tx = optimizers.make_optimizer(
-            schedule, name="adamw", weight_decay=cfg.weight_decay, clip_grad_norm=1.0
-        )
+        if plan.steps not in self.optimizers:
+            schedule = optimizers.learning_rate_schedule(
+                "cosine", cfg.learning_rate, min(cfg.warmup_steps, plan.steps - 1), plan.steps
+            )
+            self.optimizers[plan.steps] = optimizers.make_optimizer(
+                schedule, name="adamw", weight_decay=cfg.weight_decay, clip_grad_norm=1.0
+            )
+        tx = self.optimizers[plan.steps]
         with open(os.path.join(model_dir, "train.log"), "w") as f, contextlib.redirect_stdout(f):
             return trainer.train(
                 model_dir=model_dir,
                 mixture_or_task_name=plan.mixture,
                 task_feature_lengths={
-                    "inputs": self.lengths["inputs"],
+                    "inputs": plan.input_length or self.lengths["inputs"],
                     "targets": plan.target_length,
                 },
                 train_steps=plan.steps,
@@ -441,8 +456,9 @@ class Sweep:
                 checkpoint_every_secs=None,
                 keep_checkpoints=1,
                 log_every=max(1, plan.steps // 5),
-                pack=False,
+                pack=plan.pack,
                 optimizer=tx,
+                programs=self.programs,
             )
 
     def _evaluate(self, plan: Plan, model_dir: str, step: int) -> dict[str, Any]:
@@ -466,7 +482,9 @@ class Sweep:
 
         def decode(prefix: str, length: int) -> list[str]:
             tokens = encode_inputs(self.vocab, [prefix + ex["input"] for ex in self.test], lin)
-            fn = _decoder(config, length)
+            if (config, length) not in self.decoders:
+                self.decoders[config, length] = _decoder(config, length)
+            fn = self.decoders[config, length]
             outs = []
             with mesh, nn.logical_axis_rules(rules):
                 for start in range(0, len(tokens), batch):

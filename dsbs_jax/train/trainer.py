@@ -88,6 +88,77 @@ def _model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
     return {k: batch[k] for k in BATCH_KEYS if k in batch and k not in _NOT_MODEL_INPUTS}
 
 
+@dataclasses.dataclass(frozen=True)
+class _Programs:
+    """The jitted programs of a run and the shardings they were built for."""
+
+    param_shardings: Any
+    abstract_params: Any
+    opt_shardings: Any
+    abstract_opt: Any
+    init: Any  # rng -> params
+    opt_init: Any  # params -> opt_state
+    step: Any  # (params, opt_state, step, batch, dropout_key) -> (params, opt_state, aux)
+    tx: optax.GradientTransformation  # held so that id(tx) in the cache key stays unique
+
+
+def _build_programs(
+    model, tx, schedule, num_tasks, loss_weighting, z_loss, mesh, rules, enc_len, dec_len
+) -> _Programs:
+    """Traces nothing yet: returns the jitted init, optimizer-init and update-step functions."""
+    init_params, param_shardings, abstract_params = partitioning.param_layout(
+        model, (enc_len, dec_len), mesh, rules
+    )
+    opt_shardings = jax.jit(tx.init).lower(abstract_params).compile().output_shardings
+    opt_shardings = partitioning.on_mesh(opt_shardings, mesh)
+    abstract_opt = checkpoints.abstract_with_shardings(
+        jax.eval_shape(tx.init, abstract_params), opt_shardings
+    )
+
+    def train_step(params, opt_state, step, batch, dropout_key):
+        rng = jax.random.fold_in(dropout_key, step)
+
+        def loss_fn(p):
+            logits = model.apply(
+                {"params": p}, **_model_inputs(batch), enable_dropout=True, rngs={"dropout": rng}
+            )
+            tok = losses.token_losses(logits, batch["decoder_target_tokens"], z_loss)
+            return losses.weighted_loss(
+                tok,
+                batch["decoder_loss_weights"],
+                batch["decoder_task_ids"],
+                num_tasks,
+                loss_weighting,
+            )
+
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        aux["loss"] = loss
+        aux["grad_norm"] = optax.tree.norm(grads)
+        if schedule is not None:
+            aux["learning_rate"] = schedule(step)
+        return params, opt_state, aux
+
+    batch_sharding = partitioning.data_sharding(mesh)
+    step = jax.jit(
+        train_step,
+        in_shardings=(param_shardings, opt_shardings, None, batch_sharding, None),
+        out_shardings=(param_shardings, opt_shardings, None),
+        donate_argnums=(0, 1),
+    )
+    return _Programs(
+        param_shardings=param_shardings,
+        abstract_params=abstract_params,
+        opt_shardings=opt_shardings,
+        abstract_opt=abstract_opt,
+        init=jax.jit(init_params, out_shardings=param_shardings),
+        opt_init=jax.jit(tx.init, out_shardings=opt_shardings),
+        step=step,
+        tx=tx,
+    )
+
+
 class _Progress:
     """A tqdm bar on a terminal; a log line every `every` steps otherwise."""
 
@@ -148,6 +219,7 @@ def train(
     axis_rules: partitioning.LogicalRules | None = None,
     optimizer: optax.GradientTransformation | None = None,
     learning_rate_fn: optax.Schedule | None = None,
+    programs: dict | None = None,
 ) -> TrainResult:
     """Trains the student and returns its final metrics. Resumes from MODEL_DIR when it has checkpoints.
 
@@ -208,19 +280,26 @@ def train(
     tx = optimizer or optimizers.make_optimizer(schedule)
     enc_len, dec_len = task_feature_lengths["inputs"], task_feature_lengths["targets"]
 
-    # ---------------------------------------------------------------- shardings and state
-    with mesh, nn.logical_axis_rules(rules):
-        init_params, param_shardings, abstract_params = partitioning.param_layout(
-            model, (enc_len, dec_len), mesh, rules, random_seed
-        )
-        opt_shardings = jax.jit(tx.init).lower(abstract_params).compile().output_shardings
-        opt_shardings = partitioning.on_mesh(opt_shardings, mesh)
-        abstract_opt = checkpoints.abstract_with_shardings(
-            jax.eval_shape(tx.init, abstract_params), opt_shardings
-        )
+    # ---------------------------------------------------------------- shardings and programs
+    # The jitted programs depend on the model, optimizer, mesh and shapes, not on the seed or the
+    # data: a caller that trains many runs alike (a sweep) passes `programs` to trace them once.
+    key = (config, id(tx), num_tasks, loss_weighting, z_loss, mesh, rules, enc_len, dec_len)
+    built = programs.get(key) if programs is not None else None
+    if built is None:
+        with mesh, nn.logical_axis_rules(rules):
+            built = _build_programs(
+                model, tx, schedule, num_tasks, loss_weighting, z_loss, mesh, rules, enc_len,
+                dec_len,
+            )  # fmt: skip
+        if programs is not None:
+            programs[key] = built
 
+    # ---------------------------------------------------------------- state
+    with mesh, nn.logical_axis_rules(rules):
         if start_step:
-            params, opt_state, meta = ckpt.restore(start_step, abstract_params, abstract_opt)
+            params, opt_state, meta = ckpt.restore(
+                start_step, built.abstract_params, built.abstract_opt
+            )
             log.info(
                 "resumed from %s/checkpoint_%d (data position %s)",
                 model_dir,
@@ -229,48 +308,12 @@ def train(
             )
         else:
             if initial_checkpoint_path:
-                params = checkpoints.load_params(initial_checkpoint_path, abstract_params)
+                params = checkpoints.load_params(initial_checkpoint_path, built.abstract_params)
             else:
-                params = jax.jit(init_params, out_shardings=param_shardings)(
-                    jax.random.PRNGKey(random_seed)
-                )
-            opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(params)
-
-    # ---------------------------------------------------------------- the update step
+                params = built.init(jax.random.PRNGKey(random_seed))
+            opt_state = built.opt_init(params)
     batch_sharding = partitioning.data_sharding(mesh)
     dropout_key = jax.random.PRNGKey(random_seed + 1)
-
-    def train_step(params, opt_state, step, batch):
-        rng = jax.random.fold_in(dropout_key, step)
-
-        def loss_fn(p):
-            logits = model.apply(
-                {"params": p}, **_model_inputs(batch), enable_dropout=True, rngs={"dropout": rng}
-            )
-            tok = losses.token_losses(logits, batch["decoder_target_tokens"], z_loss)
-            return losses.weighted_loss(
-                tok,
-                batch["decoder_loss_weights"],
-                batch["decoder_task_ids"],
-                num_tasks,
-                loss_weighting,
-            )
-
-        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
-        aux["loss"] = loss
-        aux["grad_norm"] = optax.tree.norm(grads)
-        if schedule is not None:
-            aux["learning_rate"] = schedule(step)
-        return params, opt_state, aux
-
-    step_fn = jax.jit(
-        train_step,
-        in_shardings=(param_shardings, opt_shardings, None, batch_sharding),
-        out_shardings=(param_shardings, opt_shardings, None),
-        donate_argnums=(0, 1),
-    )
 
     # ---------------------------------------------------------------- evaluation
     writer = metric_writers.create_default_writer(
@@ -330,7 +373,9 @@ def train(
                 for k in BATCH_KEYS
                 if k in host_batch
             }
-            params, opt_state, aux = step_fn(params, opt_state, jnp.asarray(step, jnp.int32), batch)
+            params, opt_state, aux = built.step(
+                params, opt_state, jnp.asarray(step, jnp.int32), batch, dropout_key
+            )
             current["params"] = params
             step += 1
             steps_since += 1
