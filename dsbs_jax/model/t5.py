@@ -4,10 +4,17 @@ The parameter tree has the names and logical axes of T5X's `t5x/examples/t5/netw
 checkpoints map one to one, name for name. One shape differs: attention kernels are 3-D here
 (query/key/value [embed, heads, head_dim], out [heads, head_dim, embed]) where T5X stores them 2-D
 ([embed, heads * head_dim] and [heads * head_dim, embed]); `dsbs_jax.interop.t5x` reshapes them on
-read and write. Other differences from T5X, none of which change the numbers:
+read and write. Other differences from T5X, none of which change the function computed:
 the relative position bias is computed once per stack (T5X recomputes it in every layer from the
-same parameters), the bias follows the `*_positions` arrays when they are given, and the key/value
-cache is laid out [batch, length, heads, head_dim].
+same parameters) with the attention mask folded into it, the bias follows the `*_positions` arrays
+when they are given, and the key/value cache is laid out [batch, length, heads, head_dim].
+
+For training speed on CPU (docs/performance.md): the gated-GELU MLP and dense layers have
+hand-written gradients laid out for XLA's dots (the same values as autodiff's, tested), attention
+dropout (T5X's mask over [batch, heads, keys], broadcast over queries) scales the values instead of
+the [batch, heads, q, k] weights (the same product), and each stack draws all its dropout masks
+with one `jax.random.bits` call instead of one `make_rng` + threefry per dropout site. The masks
+keep T5X's shapes and rate; the random streams differ from flax's `nn.Dropout`.
 
 On positions: within a contiguous packed segment, key minus query position is the same whether
 taken from `*_positions` or from the row index, so both give identical logits (tested). Passing
@@ -83,6 +90,54 @@ def _dense_init(in_axis, out_axis, distribution: str = "truncated_normal"):
     return nn.initializers.variance_scaling(
         1.0, "fan_in", distribution, in_axis=in_axis, out_axis=out_axis
     )
+
+
+# ----------------------------------------------------------------------------------------------
+# Dropout
+#
+# Each stack draws the random bits of all its dropout masks with one `jax.random.bits` call
+# (flax's `nn.Dropout` draws each mask with its own `make_rng` fold-in and threefry call: 24
+# small threefry loops per step of a 2+2-layer model on CPU). The masks keep T5X's shapes:
+# broadcast over the length axis ([b, 1, features]) except the encoder's final dropout, and
+# attention dropout broadcast over queries.
+
+
+def _draw_bits(key: Array, shape: tuple[int, ...]) -> Array:
+    return jax.random.bits(key, shape, jnp.uint32)
+
+
+def _keep_mask(bits: Array, rate: float) -> Array:
+    """True where a unit is kept: P(bits >= rate * 2^32) = 1 - rate."""
+    return bits >= np.uint32(min(round(rate * 2.0**32), 2**32 - 1))
+
+
+def _apply_keep(x: Array, keep: Array, rate: float) -> Array:
+    """Inverted dropout with a boolean keep mask broadcastable to x (as `nn.Dropout`)."""
+    return jax.lax.select(
+        jnp.broadcast_to(keep, x.shape), x / jnp.asarray(1.0 - rate, x.dtype), jnp.zeros_like(x)
+    )
+
+
+def _split_masks(bits: Array | None, shapes: Sequence[tuple[int, ...]], rate: float):
+    """Keep masks of the given shapes cut in order from a flat uint32 array (None: no dropout)."""
+    if bits is None:
+        return [None] * len(shapes)
+    out, start = [], 0
+    for shape in shapes:
+        n = int(np.prod(shape))
+        out.append(_keep_mask(bits[start : start + n].reshape(shape), rate))
+        start += n
+    if start != bits.shape[0]:
+        raise ValueError(f"dropout bits: {bits.shape[0]} words for {start} mask units")
+    return out
+
+
+def _num_words(shapes: Sequence[tuple[int, ...]]) -> int:
+    return sum(int(np.prod(s)) for s in shapes)
+
+
+def _dropout(x: Array, keep: Array | None, rate: float) -> Array:
+    return x if keep is None else _apply_keep(x, keep, rate)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -180,9 +235,11 @@ class RelativePositionBiases(nn.Module):
         table = jnp.asarray(_bucket_table(bidirectional, self.num_buckets, self.max_distance))
         rel = k_pos[:, None, :] - q_pos[:, :, None]  # [b, q, k]
         rel = jnp.clip(rel, -self.max_distance, self.max_distance) + self.max_distance
-        buckets = table[rel]  # [b, q, k]
-        bias = jnp.take(rel_embedding.T, buckets, axis=0)  # [b, q, k, heads]
-        return jnp.transpose(bias, (0, 3, 1, 2)).astype(_dt(self.dtype))
+        # The bias of every clipped relative position, [heads, 2 * max_distance + 1], then one
+        # gather straight into [heads, b, q, k] (indices are in range: mode "clip" adds no select).
+        by_rel = jnp.take(rel_embedding, table, axis=1, mode="clip")
+        bias = jnp.take(by_rel, rel, axis=1, mode="clip")  # [heads, b, q, k]
+        return jnp.transpose(bias, (1, 0, 2, 3)).astype(_dt(self.dtype))
 
 
 class MultiHeadAttention(nn.Module):
@@ -208,7 +265,11 @@ class MultiHeadAttention(nn.Module):
         bias: Array | None,
         deterministic: bool,
         decode: bool = False,
+        dropout_keep: Array | None = None,
     ) -> Array:
+        """`mask` [b|1, 1, q, k] (True = attend) and `bias` [b|1, heads, q, k] are both optional;
+        the stacks pass the mask already folded into the bias (see `_mask_bias`).
+        `dropout_keep` [b, k, heads] is the dropout keep mask (drawn here when None)."""
         dtype = _dt(self.dtype)
         emb = inputs_q.shape[-1]
         qkv_shape = (emb, self.num_heads, self.head_dim)
@@ -252,13 +313,17 @@ class MultiHeadAttention(nn.Module):
         if bias is not None:
             logits = logits + bias.astype(logits.dtype)
         weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(dtype)
+        v = v.astype(dtype)
         if not deterministic and self.dropout_rate > 0.0:
-            keep = 1.0 - self.dropout_rate
-            # Broadcast over queries, as T5X does.
-            shape = weights.shape[:-2] + (1,) + weights.shape[-1:]
-            keep_mask = jax.random.bernoulli(self.make_rng("dropout"), keep, shape)
-            weights = weights * (keep_mask / keep).astype(dtype)
-        out = jnp.einsum("bhqk,bkhd->bqhd", weights, v.astype(dtype))
+            # T5X drops attention weights with a mask broadcast over queries: weights[b, h, q, k]
+            # * m[b, h, k]. The same product is taken here as weights[b, h, q, k] * (m[b, h, k]
+            # * v[b, k, h, :]), which touches [b, k, h, head_dim] values instead of [b, h, q, k].
+            if dropout_keep is None:
+                dropout_keep = _keep_mask(
+                    _draw_bits(self.make_rng("dropout"), v.shape[:3]), self.dropout_rate
+                )
+            v = _apply_keep(v, dropout_keep[..., None], self.dropout_rate)
+        out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
         return _Out(emb, self.dtype, self.param_dtype, name="out")(out)
 
 
@@ -315,7 +380,26 @@ class _Dense(nn.Module):
             self.param_dtype,
         )  # fmt: skip
         dtype = _dt(self.dtype)
-        return jnp.einsum("...i,io->...o", x.astype(dtype), kernel.astype(dtype))
+        return _matmul(x.astype(dtype), kernel.astype(dtype))
+
+
+@jax.custom_vjp
+def _matmul(x: Array, kernel: Array) -> Array:
+    """x [..., i] @ kernel [i, o], with the kernel gradient taken as (x^T materialised) @ dy:
+    autodiff's version transposes dy instead, the large operand for the logits layer."""
+    return x @ kernel
+
+
+def _matmul_fwd(x, kernel):
+    return x @ kernel, (x, kernel)
+
+
+def _matmul_bwd(res, dy):
+    x, kernel = res
+    return dy @ kernel.T, _tdot(x, dy)
+
+
+_matmul.defvjp(_matmul_fwd, _matmul_bwd)
 
 
 def _activation(name: str):
@@ -324,6 +408,77 @@ def _activation(name: str):
     if name == "gelu":
         return nn.gelu  # tanh approximation, as T5X (flax's default)
     return getattr(nn, name)
+
+
+_SQRT_2_OVER_PI = np.sqrt(2 / np.pi)
+
+
+def _gelu_parts(a: Array) -> tuple[Array, Array]:
+    """tanh-GELU of a (the same expression as `jax.nn.gelu(approximate=True)`) and its slope."""
+    c = _SQRT_2_OVER_PI.astype(a.dtype)
+    a2 = a * a
+    t = jnp.tanh(c * (a + 0.044715 * (a2 * a)))
+    cdf = 0.5 * (1.0 + t)
+    slope = cdf + a * (0.5 * (1.0 - t * t)) * c * (1.0 + 3 * 0.044715 * a2)
+    return a * cdf, slope
+
+
+def _tdot(a: Array, b: Array) -> Array:
+    """a^T @ b over all leading axes, a [..., i] and b [..., o] -> [i, o]. The transpose of a
+    (the small operand here) is materialised first, so XLA neither transposes b nor fuses b's
+    elementwise producer into a transposed copy."""
+    a2 = a.reshape(-1, a.shape[-1])
+    return jax.lax.optimization_barrier(a2.T) @ b.reshape(-1, b.shape[-1])
+
+
+def _constrain_mlp(h: Array) -> Array:
+    return nn.with_logical_constraint(h, ("batch", "length", "mlp")) if h.ndim == 3 else h
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _gated_gelu_mlp(x, w0, w1, wo, keep, rate):
+    """dropout(gelu(x @ w0) * (x @ w1)) @ wo; keep (bool, broadcastable to [..., mlp]) or None.
+
+    The same function as the generic `MlpBlock` path, with its own backward: autodiff's version
+    makes XLA fuse the GELU derivative into transposed copies of the [tokens, mlp] gradients
+    (4-5 ms each at tiny's shape on CPU); here each weight gradient is (small operand)^T @
+    (large operand) with the large one in its natural layout."""
+    return _gated_gelu_mlp_fwd(x, w0, w1, wo, keep, rate)[0]
+
+
+def _gated_gelu_mlp_fwd(x, w0, w1, wo, keep, rate):
+    a0, a1 = x @ w0, x @ w1
+    g, _ = _gelu_parts(a0)
+    h = _constrain_mlp(_dropout(g * a1, keep, rate))
+    return h @ wo, (x, a0, a1, w0, w1, wo, keep)
+
+
+def _gated_gelu_mlp_bwd(rate, res, dy):
+    x, a0, a1, w0, w1, wo, keep = res
+    g, slope = _gelu_parts(a0)
+    h = _dropout(g * a1, keep, rate)
+    dh = _dropout(dy @ wo.T, keep, rate)
+    da0 = jax.lax.optimization_barrier(dh * a1 * slope)
+    da1 = jax.lax.optimization_barrier(dh * g)
+    dx = da0 @ w0.T + da1 @ w1.T
+    return dx, _tdot(x, da0), _tdot(x, da1), _tdot(dy, h).T, None
+
+
+_gated_gelu_mlp.defvjp(_gated_gelu_mlp_fwd, _gated_gelu_mlp_bwd)
+
+
+class _Kernel(nn.Module):
+    """The `kernel` parameter of a dense layer, cast to dtype (for code that does its own product)."""
+
+    shape: tuple[int, int]
+    axes: tuple[str, str]
+    dtype: str
+    param_dtype: str
+
+    @nn.compact
+    def __call__(self) -> Array:
+        kernel = _param(self, "kernel", _dense_init(0, 1), self.shape, self.axes, self.param_dtype)
+        return kernel.astype(_dt(self.dtype))
 
 
 class MlpBlock(nn.Module):
@@ -336,14 +491,34 @@ class MlpBlock(nn.Module):
     param_dtype: str
 
     @nn.compact
-    def __call__(self, x: Array, deterministic: bool) -> Array:
+    def __call__(self, x: Array, deterministic: bool, dropout_keep: Array | None = None) -> Array:
+        """`dropout_keep` [b, 1, mlp] is the dropout keep mask (drawn here when None)."""
+        if deterministic or self.dropout_rate == 0.0:
+            dropout_keep = None
+        elif dropout_keep is None:
+            shape = (x.shape[0], 1, self.mlp_dim)
+            dropout_keep = _keep_mask(
+                _draw_bits(self.make_rng("dropout"), shape), self.dropout_rate
+            )
+        if tuple(self.activations) == ("gelu", "linear"):
+            d, m = x.shape[-1], self.mlp_dim
+            w0, w1, wo = (
+                _Kernel(shape, axes, self.dtype, self.param_dtype, name=name)()
+                for name, shape, axes in (
+                    ("wi_0", (d, m), ("embed", "mlp")),
+                    ("wi_1", (d, m), ("embed", "mlp")),
+                    ("wo", (m, d), ("mlp", "embed")),
+                )
+            )
+            return _gated_gelu_mlp(x.astype(_dt(self.dtype)), w0, w1, wo, dropout_keep,
+                                   self.dropout_rate)  # fmt: skip
         h = None
         for i, act in enumerate(self.activations):
             name = "wi" if len(self.activations) == 1 else f"wi_{i}"
             y = _Dense(self.mlp_dim, ("embed", "mlp"), self.dtype, self.param_dtype, name=name)(x)
             y = _activation(act)(y)
             h = y if h is None else h * y
-        h = nn.Dropout(self.dropout_rate, broadcast_dims=(-2,))(h, deterministic=deterministic)
+        h = _dropout(h, dropout_keep, self.dropout_rate)
         h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
         return _Dense(x.shape[-1], ("mlp", "embed"), self.dtype, self.param_dtype, name="wo")(h)
 
@@ -378,22 +553,68 @@ def _constrain(x: Array) -> Array:
     return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
 
+def _encoder_layer_masks(cfg: T5Config, batch: int, length: int) -> list[tuple[int, ...]]:
+    """Dropout mask shapes of one encoder layer, in the order the layer uses them."""
+    d, h, m = cfg.emb_dim, cfg.num_heads, cfg.mlp_dim
+    return [(batch, length, h), (batch, 1, d), (batch, 1, m), (batch, 1, d)]
+
+
+def _decoder_layer_masks(
+    cfg: T5Config, batch: int, length: int, enc_length: int
+) -> list[tuple[int, ...]]:
+    """Dropout mask shapes of one decoder layer, in the order the layer uses them."""
+    d, h, m = cfg.emb_dim, cfg.num_heads, cfg.mlp_dim
+    return [(batch, length, h), (batch, 1, d), (batch, enc_length, h), (batch, 1, d),
+            (batch, 1, m), (batch, 1, d)]  # fmt: skip
+
+
+def _masks(module: nn.Module, bits, shapes, deterministic: bool) -> list[Array | None]:
+    """The keep masks of `shapes` from `bits` (drawn here if None and dropout is on)."""
+    rate = module.config.dropout_rate
+    if deterministic or rate == 0.0:
+        return [None] * len(shapes)
+    if bits is None:
+        bits = _draw_bits(module.make_rng("dropout"), (_num_words(shapes),))
+    return _split_masks(bits, shapes, rate)
+
+
+def _stack_bits(module: nn.Module, sizes: Sequence[int], deterministic: bool):
+    """One uint32 draw for all of a stack's dropout masks, cut into `sizes` words (or Nones)."""
+    if deterministic or module.config.dropout_rate == 0.0:
+        return [None] * len(sizes)
+    bits = _draw_bits(module.make_rng("dropout"), (sum(sizes),))
+    out, start = [], 0
+    for n in sizes:
+        out.append(bits[start : start + n])
+        start += n
+    return out
+
+
 class EncoderLayer(nn.Module):
     """Pre-norm self-attention and MLP blocks with residuals."""
 
     config: T5Config
 
     @nn.compact
-    def __call__(self, inputs: Array, mask: Array | None, bias: Array, deterministic: bool):
+    def __call__(
+        self,
+        inputs: Array,
+        mask: Array | None,
+        bias: Array,
+        deterministic: bool,
+        dropout_bits: Array | None = None,
+    ):
+        """`dropout_bits`: uint32 words for this layer's masks (`_encoder_layer_masks`)."""
         cfg = self.config
-        drop = functools.partial(nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,)),
-                                 deterministic=deterministic)  # fmt: skip
+        shapes = _encoder_layer_masks(cfg, inputs.shape[0], inputs.shape[1])
+        attn_keep, keep1, mlp_keep, keep2 = _masks(self, dropout_bits, shapes, deterministic)
+        rate = cfg.dropout_rate
         x = _norm(cfg, "pre_attention_layer_norm")(inputs)
-        x = _attention(cfg, "attention")(x, x, mask, bias, deterministic)
-        x = _constrain(drop(x) + inputs)
+        x = _attention(cfg, "attention")(x, x, mask, bias, deterministic, dropout_keep=attn_keep)
+        x = _constrain(_dropout(x, keep1, rate) + inputs)
         y = _norm(cfg, "pre_mlp_layer_norm")(x)
-        y = _mlp(cfg)(y, deterministic)
-        return _constrain(drop(y) + x)
+        y = _mlp(cfg)(y, deterministic, mlp_keep)
+        return _constrain(_dropout(y, keep2, rate) + x)
 
 
 class DecoderLayer(nn.Module):
@@ -411,21 +632,42 @@ class DecoderLayer(nn.Module):
         bias: Array,
         deterministic: bool,
         decode: bool,
+        dropout_bits: Array | None = None,
+        cross_bias: Array | None = None,
     ):
+        """`dropout_bits`: uint32 words for this layer's masks (`_decoder_layer_masks`)."""
         cfg = self.config
-        drop = functools.partial(nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,)),
-                                 deterministic=deterministic)  # fmt: skip
+        shapes = _decoder_layer_masks(cfg, inputs.shape[0], inputs.shape[1], encoded.shape[1])
+        masks = _masks(self, dropout_bits, shapes, deterministic)
+        self_keep, keep1, cross_keep, keep2, mlp_keep, keep3 = masks
+        if decode:
+            self_keep = None  # keys are the cache's; the attention draws its own mask
+        rate = cfg.dropout_rate
         x = _norm(cfg, "pre_self_attention_layer_norm")(inputs)
-        x = _attention(cfg, "self_attention")(x, x, self_mask, bias, deterministic, decode)
-        x = _constrain(drop(x) + inputs)
+        x = _attention(cfg, "self_attention")(
+            x, x, self_mask, bias, deterministic, decode, dropout_keep=self_keep
+        )
+        x = _constrain(_dropout(x, keep1, rate) + inputs)
         y = _norm(cfg, "pre_cross_attention_layer_norm")(x)
         y = _attention(cfg, "encoder_decoder_attention")(
-            y, encoded, cross_mask, None, deterministic
+            y, encoded, cross_mask, cross_bias, deterministic, dropout_keep=cross_keep
         )
-        y = _constrain(drop(y) + x)
+        y = _constrain(_dropout(y, keep2, rate) + x)
         z = _norm(cfg, "pre_mlp_layer_norm")(y)
-        z = _mlp(cfg)(z, deterministic)
-        return _constrain(drop(z) + y)
+        z = _mlp(cfg)(z, deterministic, mlp_keep)
+        return _constrain(_dropout(z, keep3, rate) + y)
+
+
+def _mask_bias(mask: Array | None, bias: Array | None, cfg: T5Config) -> Array | None:
+    """The attention mask folded into an additive bias, once per stack: bias + (0 | -1e10).
+
+    Where the mask attends the sum is the bias itself (x + 0 = x), so each layer's logits +
+    this sum equal (logits + mask term) + bias as computed per layer before."""
+    if mask is None:
+        return bias
+    dtype = jnp.float32 if cfg.float32_attention_logits else _dt(cfg.dtype)
+    out = jnp.where(mask, 0.0, _NEG_INF).astype(dtype)
+    return out if bias is None else out + bias.astype(dtype)
 
 
 def _relpos(cfg: T5Config) -> RelativePositionBiases:
@@ -456,16 +698,26 @@ class Encoder(nn.Module):
         cfg = self.config
         pos = _positions(tokens, positions)
         bias = _relpos(cfg)(pos, pos, True)
-        x = self.shared_embedding(tokens)
-        x = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(x, deterministic=deterministic)
+        bias, mask = _mask_bias(mask, bias, cfg), None  # one [b, heads, q, k] for all layers
+        b, length = tokens.shape
+        layer_words = _num_words(_encoder_layer_masks(cfg, b, length))
+        n = cfg.num_encoder_layers
+        emb_bits, *layer_bits, final_bits = _stack_bits(
+            self, [b * cfg.emb_dim, *[layer_words] * n, b * length * cfg.emb_dim], deterministic
+        )
+        emb_keep, final_keep = (
+            _masks(self, emb_bits, [(b, 1, cfg.emb_dim)], deterministic)[0],
+            _masks(self, final_bits, [(b, length, cfg.emb_dim)], deterministic)[0],
+        )
+        x = _dropout(self.shared_embedding(tokens), emb_keep, cfg.dropout_rate)
         x = _constrain(x.astype(_dt(cfg.dtype)))
         layer = EncoderLayer
         if cfg.remat_policy == "full":
             layer = nn.remat(EncoderLayer, static_argnums=(4,))
-        for i in range(cfg.num_encoder_layers):
-            x = layer(cfg, name=f"layers_{i}")(x, mask, bias, deterministic)
+        for i in range(n):
+            x = layer(cfg, name=f"layers_{i}")(x, mask, bias, deterministic, layer_bits[i])
         x = _norm(cfg, "encoder_norm")(x)
-        return nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+        return _dropout(x, final_keep, cfg.dropout_rate)  # T5X: not broadcast over length
 
 
 class Decoder(nn.Module):
@@ -499,18 +751,31 @@ class Decoder(nn.Module):
                 k_pos = jnp.arange(max_decode_length, dtype=jnp.int32)[None, :]
                 index.value = index.value + 1
         bias = _relpos(cfg)(q_pos, k_pos, False)
-        y = self.shared_embedding(tokens)
-        y = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(y, deterministic=deterministic)
+        # Masks folded into additive biases once for all layers.
+        bias, self_mask = _mask_bias(self_mask, bias, cfg), None
+        cross_bias, cross_mask = _mask_bias(cross_mask, None, cfg), None
+        b, length = tokens.shape
+        layer_words = _num_words(_decoder_layer_masks(cfg, b, length, encoded.shape[1]))
+        n = cfg.num_decoder_layers
+        emb_bits, *layer_bits, final_bits = _stack_bits(
+            self, [b * cfg.emb_dim, *[layer_words] * n, b * cfg.emb_dim], deterministic
+        )
+        emb_keep, final_keep = (
+            _masks(self, bits, [(b, 1, cfg.emb_dim)], deterministic)[0]
+            for bits in (emb_bits, final_bits)
+        )
+        y = _dropout(self.shared_embedding(tokens), emb_keep, cfg.dropout_rate)
         y = _constrain(y.astype(_dt(cfg.dtype)))
         layer = DecoderLayer
         if cfg.remat_policy == "full":
             layer = nn.remat(DecoderLayer, static_argnums=(6, 7))
-        for i in range(cfg.num_decoder_layers):
+        for i in range(n):
             y = layer(cfg, name=f"layers_{i}")(
-                y, encoded, self_mask, cross_mask, bias, deterministic, decode
-            )
+                y, encoded, self_mask, cross_mask, bias, deterministic, decode, layer_bits[i],
+                cross_bias,
+            )  # fmt: skip
         y = _norm(cfg, "decoder_norm")(y)
-        y = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(y, deterministic=deterministic)
+        y = _dropout(y, final_keep, cfg.dropout_rate)
         if cfg.logits_via_embedding:
             logits = self.shared_embedding.attend(y) / np.sqrt(y.shape[-1])
         else:
