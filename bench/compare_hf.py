@@ -24,9 +24,9 @@ import os
 import sys
 import time
 
-import numpy as np
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import host_malloc  # noqa: E402  (before numpy: see host_malloc.py)
+import numpy as np  # noqa: E402
 import train_throughput as tt  # noqa: E402
 
 
@@ -177,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"config {args.config}: d_model {cfg.emb_dim}, layers {cfg.num_encoder_layers}+"
           f"{cfg.num_decoder_layers}, heads {cfg.num_heads}x{cfg.head_dim}, d_ff {cfg.mlp_dim}, "
           f"vocab {vocab_size}; HF batch {args.batch} examples; JAX {args.rows} rows x "
-          f"{enc_len}/{dec_len}; load {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
+          f"{enc_len}/{dec_len}; malloc {host_malloc.MODE}; load {os.getloadavg()[0]:.1f}",
+          flush=True)  # fmt: skip
     hf = HFRunner(cfg, examples, args.batch)
     jx = JaxRunner(cfg, examples, args.rows, enc_len, dec_len)
     ratios = []

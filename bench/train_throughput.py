@@ -31,7 +31,9 @@ import threading
 import time
 from collections.abc import Iterator
 
-import numpy as np
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import host_malloc  # noqa: E402  (before numpy: see host_malloc.py)
+import numpy as np  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -374,7 +376,8 @@ def main(argv: list[str] | None = None) -> int:
     config = model_config(args.model, vocab_size, args.dtype)
     batches = prefetch(packed_batches(examples, args.rows, enc_len, dec_len))
     r = run_jax(config, batches, args.steps, args.warmup)
-    print(f"model {args.model} (vocab {vocab_size}), data {args.data}, dtype {args.dtype}")
+    print(f"model {args.model} (vocab {vocab_size}), data {args.data}, dtype {args.dtype}, "
+          f"malloc {host_malloc.MODE}, load {os.getloadavg()[0]:.1f}")  # fmt: skip
     print(report(r, args.peak_flops or None))
     return 0
 
