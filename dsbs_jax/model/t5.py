@@ -442,12 +442,15 @@ def _gated_gelu_mlp(x, w0, w1, wo, keep, rate):
     The same function as the generic `MlpBlock` path, with its own backward: autodiff's version
     makes XLA fuse the GELU derivative into transposed copies of the [tokens, mlp] gradients
     (4-5 ms each at tiny's shape on CPU); here each weight gradient is (small operand)^T @
-    (large operand) with the large one in its natural layout."""
+    (large operand) with the large one in its natural layout, and wi_0, wi_1 act as one
+    [embed, 2 * mlp] matrix (one product each way; ~10% off a small-config step)."""
     return _gated_gelu_mlp_fwd(x, w0, w1, wo, keep, rate)[0]
 
 
 def _gated_gelu_mlp_fwd(x, w0, w1, wo, keep, rate):
-    a0, a1 = x @ w0, x @ w1
+    # wi_0 and wi_1 side by side: one [embed, 2 * mlp] product (the parameters stay two).
+    a01 = x @ jnp.concatenate([w0, w1], axis=1)
+    a0, a1 = a01[..., : w0.shape[1]], a01[..., w0.shape[1] :]
     g, _ = _gelu_parts(a0)
     h = _constrain_mlp(_dropout(g * a1, keep, rate))
     return h @ wo, (x, a0, a1, w0, w1, wo, keep)
@@ -458,10 +461,11 @@ def _gated_gelu_mlp_bwd(rate, res, dy):
     g, slope = _gelu_parts(a0)
     h = _dropout(g * a1, keep, rate)
     dh = _dropout(dy @ wo.T, keep, rate)
-    da0 = jax.lax.optimization_barrier(dh * a1 * slope)
-    da1 = jax.lax.optimization_barrier(dh * g)
-    dx = da0 @ w0.T + da1 @ w1.T
-    return dx, _tdot(x, da0), _tdot(x, da1), _tdot(dy, h).T, None
+    da01 = jax.lax.optimization_barrier(jnp.concatenate([dh * a1 * slope, dh * g], axis=-1))
+    dx = da01 @ jnp.concatenate([w0, w1], axis=1).T
+    dw01 = _tdot(x, da01)
+    m = w0.shape[1]
+    return dx, dw01[:, :m], dw01[:, m:], _tdot(dy, h).T, None
 
 
 _gated_gelu_mlp.defvjp(_gated_gelu_mlp_fwd, _gated_gelu_mlp_bwd)
