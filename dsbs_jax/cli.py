@@ -12,6 +12,7 @@ import importlib
 import sys
 
 from dsbs_jax.errors import UserError
+from dsbs_jax.host_memory import keep_freed_memory
 
 # name -> (module, one-line help). Order is the order of `dsbs --help`.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -62,6 +63,7 @@ def _one_line(e: Exception) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `dsbs` console script."""
+    keep_freed_memory()  # before any heavy import allocates: see dsbs_jax/host_memory.py
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(argv)
     args, extra = parser.parse_known_args(argv)
