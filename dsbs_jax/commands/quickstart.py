@@ -25,7 +25,7 @@ BUDGETS: dict[str, dict] = {
             "methods": ("finetune", "distill", "dsbs"),
             "fractions": (25.0, 50.0, 100.0),
             "seeds": 3,
-            "steps": 500,
+            "steps": 300,
             "batch_size": 16,
             "model": "quickstart",
             "learning_rate": 3e-3,
