@@ -99,13 +99,13 @@ class _Programs:
     init: Any  # rng -> params
     opt_init: Any  # params -> opt_state
     step: Any  # (params, opt_state, step, batch, dropout_key) -> (params, opt_state, aux)
-    tx: optax.GradientTransformation  # held so that id(tx) in the cache key stays unique
 
 
 def _build_programs(
     model, tx, schedule, num_tasks, loss_weighting, z_loss, mesh, rules, enc_len, dec_len
 ) -> _Programs:
-    """Traces nothing yet: returns the jitted init, optimizer-init and update-step functions."""
+    """The parameter and optimizer layouts, and the jitted init, optimizer-init and update-step
+    functions (the step is traced on its first call)."""
     init_params, param_shardings, abstract_params = partitioning.param_layout(
         model, (enc_len, dec_len), mesh, rules
     )
@@ -155,7 +155,6 @@ def _build_programs(
         init=jax.jit(init_params, out_shardings=param_shardings),
         opt_init=jax.jit(tx.init, out_shardings=opt_shardings),
         step=step,
-        tx=tx,
     )
 
 
@@ -283,7 +282,7 @@ def train(
     # ---------------------------------------------------------------- shardings and programs
     # The jitted programs depend on the model, optimizer, mesh and shapes, not on the seed or the
     # data: a caller that trains many runs alike (a sweep) passes `programs` to trace them once.
-    key = (config, id(tx), num_tasks, loss_weighting, z_loss, mesh, rules, enc_len, dec_len)
+    key = (config, tx, schedule, num_tasks, loss_weighting, z_loss, mesh, rules, enc_len, dec_len)
     built = programs.get(key) if programs is not None else None
     if built is None:
         with mesh, nn.logical_axis_rules(rules):
