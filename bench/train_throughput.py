@@ -34,6 +34,7 @@ from collections.abc import Iterator
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import host_malloc  # noqa: E402  (before numpy: see host_malloc.py)
 import numpy as np  # noqa: E402
+from packer import pack_examples  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -162,8 +163,6 @@ def packed_batches(
     examples: list, rows: int, enc_len: int, dec_len: int, alpha: float = 0.5, seed: int = 0
 ) -> Iterator[dict[str, np.ndarray]]:
     """Endless packed batches (both tasks of each example in the same batch, exact weights)."""
-    from dsbs_jax.data.features import pack_examples
-
     return pack_examples(
         (segments(e) for e in endless(examples, seed)), rows, enc_len, dec_len, (alpha, 1 - alpha)
     )
@@ -216,6 +215,7 @@ def make_train_step(config, learning_rate: float = 5e-5, z_loss: float = 0.0, se
     import jax.numpy as jnp
     import optax
 
+    from dsbs_jax import weighting
     from dsbs_jax.model.t5 import Transformer
     from dsbs_jax.train import losses
 
@@ -240,7 +240,7 @@ def make_train_step(config, learning_rate: float = 5e-5, z_loss: float = 0.0, se
                 rngs={"dropout": rng},
             )  # fmt: skip
             tok = losses.token_losses(logits, batch["decoder_target_tokens"], z_loss)
-            loss, _ = losses.weighted_loss(
+            loss, _ = weighting.weighted_loss(
                 tok, batch["decoder_loss_weights"], batch["decoder_task_ids"], 2, "exact"
             )
             return loss

@@ -28,9 +28,10 @@ from collections.abc import Mapping, Sequence
 import seqio
 import tensorflow as tf
 
+from dsbs_jax import weighting as weighting_lib
+from dsbs_jax.data import tasks as tasks_lib
+from dsbs_jax.data import vocab as vocab_lib
 from dsbs_jax.data.features import TASK_IDS, TaskWeightedEncDecFeatureConverter
-
-WEIGHTINGS = ("exact", "sampling")
 
 
 def import_module(module: str | None) -> None:
@@ -43,14 +44,9 @@ def tasks_and_weights(
     name: str, weighting: str = "exact", mixture_or_task_module: str | None = None
 ) -> tuple[list[str], list[float]]:
     """The task names of a mixture (or task) in order, and each task's per-token loss weight."""
-    from dsbs_jax.train.input_pipeline import tasks_and_rates  # noqa: PLC0415
-
     import_module(mixture_or_task_module)
-    if weighting not in WEIGHTINGS:
-        raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
-    tasks, rates = tasks_and_rates(name)
-    weights = rates if weighting == "exact" else [1.0] * len(tasks)
-    return [t.name for t in tasks], weights
+    tasks, rates = weighting_lib.tasks_and_rates(name)
+    return [t.name for t in tasks], weighting_lib.task_weights(rates, weighting)
 
 
 def _tag(index: int):
@@ -86,9 +82,7 @@ def task_tagged_mixture(
 
 
 def _rates(name: str) -> tuple[list[str], list[float]]:
-    from dsbs_jax.train.input_pipeline import tasks_and_rates  # noqa: PLC0415
-
-    tasks, rates = tasks_and_rates(name)
+    tasks, rates = weighting_lib.tasks_and_rates(name)
     return [t.name for t in tasks], rates
 
 
@@ -102,11 +96,8 @@ def task_vocabulary(
     T5X checks that the model's vocabulary equals the tasks'; this gives it theirs. With a path
     (e.g. the public 32k T5 sentencepiece model) every dsbs task uses that model instead.
     """
-    from dsbs_jax.data import vocab as vocab_lib  # noqa: PLC0415
-
     import_module(mixture_or_task_module)
-    if vocabulary_path:
-        vocab_lib.set_vocabulary_override(vocabulary_path)
+    tasks_lib.bind_tasks(mixture_or_task_name, vocabulary_path=vocabulary_path)
     return vocab_lib.get_vocabulary(mixture_or_task_name)
 
 

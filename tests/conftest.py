@@ -1,5 +1,6 @@
 """Test set-up: 8 fake CPU devices for mesh tests, the released data when it is present."""
 
+import logging
 import os
 import pathlib
 
@@ -26,8 +27,7 @@ def shared_data() -> pathlib.Path:
 
 @pytest.fixture(autouse=True)
 def _restore_data_settings(monkeypatch):
-    """CLI calls point seqio and the vocabulary at a data dir for the rest of their process; in
-    one pytest process, each test starts from the same settings instead."""
+    """Each test starts from the same data environment and no seqio data-dir override."""
     for name in ("DSBS_DATA_DIR", "DSBS_VOCAB"):
         if name in os.environ:
             monkeypatch.setenv(name, os.environ[name])
@@ -36,7 +36,30 @@ def _restore_data_settings(monkeypatch):
     yield
     import seqio
 
-    from dsbs_jax.data import vocab
-
     seqio.set_tfds_data_dir_override(None)
-    vocab.set_vocabulary_override(None)
+
+
+class _Compiles(logging.Handler):
+    """Collects the names of the functions jax compiles while installed."""
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.names: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        msg = record.getMessage()
+        if msg.startswith("Compiling "):
+            self.names.append(msg.split()[1])
+
+
+@pytest.fixture
+def compiles():
+    """The names of the functions jax compiles during the test."""
+    import jax
+
+    handler = _Compiles()
+    root = logging.getLogger("jax")
+    root.addHandler(handler)
+    with jax.log_compiles(True):
+        yield handler
+    root.removeHandler(handler)

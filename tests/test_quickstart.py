@@ -6,7 +6,7 @@ import filecmp
 
 from dsbs_jax.cli import main
 from dsbs_jax.data.vocab import read_prepared
-from dsbs_jax.report.builtin_data import make_builtin_data
+from dsbs_jax.experiments.builtin_data import make_builtin_data
 
 SIZES = {"train": 40, "validation": 8, "test": 8}
 

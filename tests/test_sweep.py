@@ -9,8 +9,9 @@ import pytest
 
 from dsbs_jax.cli import main
 from dsbs_jax.data.cards import load_card
+from dsbs_jax.experiments import scoring
 from dsbs_jax.report import results as results_lib
-from dsbs_jax.report import scoring, tables
+from dsbs_jax.report import tables
 from dsbs_jax.report.results import RunResult
 
 
@@ -79,7 +80,7 @@ def test_results_file_ignores_a_torn_last_line_and_keeps_the_last_of_a_key(tmp_p
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
-    from dsbs_jax.report.builtin_data import make_builtin_data
+    from dsbs_jax.experiments.builtin_data import make_builtin_data
 
     out = tmp_path_factory.mktemp("tiny")
     data_dir, acc = make_builtin_data(
@@ -89,7 +90,8 @@ def tiny_data(tmp_path_factory):
 
 
 def _sweep(data_dir, out, log, methods=("finetune", "dsbs"), fractions=(50, 100), workers=1):
-    from dsbs_jax.report.sweep import Sweep, SweepConfig
+    from dsbs_jax.experiments.config import SweepConfig
+    from dsbs_jax.experiments.runner import run_sweep
 
     cfg = SweepConfig(
         task="arith",
@@ -105,7 +107,7 @@ def _sweep(data_dir, out, log, methods=("finetune", "dsbs"), fractions=(50, 100)
         test_examples=16,
         score_rationale=True,
     )
-    return Sweep(cfg, log=log).run()
+    return run_sweep(cfg, log=log)
 
 
 def test_tiny_sweep_writes_report_and_resumes(tiny_data, tmp_path):

@@ -13,7 +13,9 @@ import pytest
 import seqio
 
 import dsbs_jax.data.toy  # noqa: F401  (registers toy_reverse and toy_copy)
+import dsbs_jax.tasks  # noqa: F401  (registers svamp_dsbs)
 from dsbs_jax import t5x_backend
+from dsbs_jax.errors import UserError
 
 MIX = "toy_t5x_backend_mix"
 LENGTHS = {"inputs": 48, "targets": 24}
@@ -44,7 +46,7 @@ def test_tasks_and_weights():
     names, weights = t5x_backend.tasks_and_weights(MIX, "exact")  # seqio sorts tasks by name
     assert names == ["toy_copy", "toy_reverse"] and np.allclose(weights, [0.2, 0.8])
     assert t5x_backend.tasks_and_weights(MIX, "sampling")[1] == [1.0, 1.0]
-    with pytest.raises(ValueError, match="weighting"):
+    with pytest.raises(UserError, match="LOSS_WEIGHTING"):
         t5x_backend.tasks_and_weights(MIX, "rates")
 
 
@@ -84,15 +86,16 @@ def test_untagged_examples_get_their_own_id():
 
 
 def test_task_vocabulary_override(tmp_path):
-    from dsbs_jax.data import vocab as vocab_lib
-
     vocab = t5x_backend.task_vocabulary(MIX)
     assert isinstance(vocab, seqio.ByteVocabulary)  # the toy tasks' own
-    try:
+    with pytest.raises(UserError, match="dsbs"):  # not a dsbs dataset: nothing to point elsewhere
         t5x_backend.task_vocabulary(MIX, str(tmp_path / "spm.model"))
-        assert vocab_lib.resolve_vocab_path("svamp") == str(tmp_path / "spm.model")
-    finally:
-        vocab_lib.set_vocabulary_override(None)
+    model = tmp_path / "spm.model"
+    model.write_bytes(b"")  # read only when something is encoded
+    named = t5x_backend.task_vocabulary("svamp_dsbs", str(model))
+    assert named.sentencepiece_model_file == str(model)
+    again = t5x_backend.task_vocabulary("svamp_dsbs")  # no carry-over from the call before
+    assert again.sentencepiece_model_file.endswith("dsbs_svamp/spm.model")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -126,6 +129,7 @@ def test_exact_loss_under_t5x_equals_native():
     import jax
     import jax.numpy as jnp
 
+    from dsbs_jax import weighting
     from dsbs_jax.train import losses
 
     tagged = t5x_backend.task_tagged_mixture(MIX, "exact")
@@ -137,7 +141,7 @@ def test_exact_loss_under_t5x_equals_native():
     loss, metrics = model.loss_fn(params, batch, None)
     logits = model._compute_logits(params, batch)
     tok = losses.token_losses(logits, batch["decoder_target_tokens"])
-    want, aux = losses.weighted_loss(
+    want, aux = weighting.weighted_loss(
         tok, batch["decoder_loss_weights"], batch["decoder_task_ids"], 2, "exact"
     )
     np.testing.assert_allclose(float(loss), float(want), rtol=1e-5)

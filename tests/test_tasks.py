@@ -11,6 +11,7 @@ import seqio
 import tensorflow as tf
 
 import dsbs_jax.tasks
+from dsbs_jax.data import tasks as tasks_lib
 from dsbs_jax.data import vocab as vocab_lib
 from dsbs_jax.data.cards import load_card
 from dsbs_jax.data.prepare import prepare
@@ -130,11 +131,12 @@ def test_vocabulary_resolution_order(svamp_dir, tmp_path, monkeypatch):
     vocab_lib.train_vocab("svamp", svamp_dir, vocab_size=350, out_path=other)
     monkeypatch.setenv("DSBS_VOCAB", other)
     assert vocab.sentencepiece_model_file == other and vocab.vocab_size == 450
-    vocab_lib.set_vocabulary_override(default)
-    try:
-        assert vocab.vocab_size == 500
-    finally:
-        vocab_lib.set_vocabulary_override(None)
+    # A run that names a vocabulary registers its tasks with it; the next run that names none
+    # gets the dataset's own again (here: $DSBS_VOCAB).
+    tasks_lib.bind_tasks("svamp_dsbs", vocabulary_path=default)
+    assert vocab_lib.get_vocabulary("svamp_dsbs").vocab_size == 500
+    tasks_lib.bind_tasks("svamp_dsbs")
+    assert vocab_lib.get_vocabulary("svamp_dsbs").vocab_size == 450
     monkeypatch.setenv("DSBS_VOCAB", str(tmp_path / "missing.model"))
     with pytest.raises(UserError, match="no vocabulary"):
         vocab.encode("x")

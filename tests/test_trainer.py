@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import dsbs_jax.data.toy  # noqa: F401  (registers toy_reverse)
+from dsbs_jax import weighting
 from dsbs_jax.data.features import TaskWeightedEncDecFeatureConverter, add_task_ids
 from dsbs_jax.model.t5 import T5Config, Transformer
 from dsbs_jax.train import losses, optimizers, partitioning, trainer
@@ -128,12 +129,12 @@ def test_exact_weighting_matches_hand_computation():
     tok = jnp.array([[1.0, 2.0, 3.0, 10.0, 20.0, 0.5]])
     task = jnp.array([[1, 1, 1, 2, 2, 0]])
     w = jnp.array([[0.8, 0.8, 0.8, 0.2, 0.2, 0.0]])
-    loss, aux = losses.weighted_loss(tok, w, task, 2, "exact")
+    loss, aux = weighting.weighted_loss(tok, w, task, 2, "exact")
     assert float(loss) == pytest.approx(0.8 * (1 + 2 + 3) / 3 + 0.2 * (10 + 20) / 2)
     assert float(aux["task_1/loss"]) == pytest.approx(2.0)
     assert float(aux["task_2/loss"]) == pytest.approx(15.0)
     ones = jnp.where(task > 0, 1.0, 0.0)
-    sampled, _ = losses.weighted_loss(tok, ones, task, 2, "sampling")
+    sampled, _ = weighting.weighted_loss(tok, ones, task, 2, "sampling")
     assert float(sampled) == pytest.approx((1 + 2 + 3 + 10 + 20) / 5)
 
 
@@ -158,7 +159,7 @@ def test_alpha_one_gives_rationale_zero_gradient():
     def loss(p, weights, task_ids):
         logits = model.apply({"params": p}, **inputs, enable_dropout=False)
         tok = losses.token_losses(logits, inputs["decoder_target_tokens"])
-        return losses.weighted_loss(tok, weights, task_ids, 2, "exact")[0]
+        return weighting.weighted_loss(tok, weights, task_ids, 2, "exact")[0]
 
     grad = jax.jit(jax.grad(loss))  # one compile for the four gradients below
     w, t = jnp.asarray(row["decoder_loss_weights"]), jnp.asarray(row["decoder_task_ids"])

@@ -18,8 +18,8 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from dsbs_jax.train import inference
 
-    _gin_command.setup(args)
-    metrics = inference.evaluate_checkpoint()
+    kwargs = _gin_command.setup(args)
+    metrics = inference.evaluate_checkpoint(**kwargs)
     if args.json:
         print(json.dumps(metrics))
     else:

@@ -176,12 +176,14 @@ def print_report(r: dict) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dsbs_jax.data.paths import DATA_DIR_ENV
+    import dsbs_jax.tasks  # noqa: F401 - registers the tasks
+    from dsbs_jax.data import tasks as tasks_lib
+    from dsbs_jax.weighting import tasks_and_rates
 
-    if args.data_dir:
-        if not os.path.isdir(args.data_dir):
-            raise UserError(f"{args.data_dir}: no such directory")
-        os.environ[DATA_DIR_ENV] = args.data_dir
+    if args.data_dir and not os.path.isdir(args.data_dir):
+        raise UserError(f"{args.data_dir}: no such directory")
+    tasks_and_rates(args.name)  # an unknown name: one line
+    tasks_lib.bind_tasks(args.name, args.data_dir)
     result = inspect(
         args.name, args.split, args.examples, parse_lengths(args.sequence_length), args.max_examples
     )

@@ -22,7 +22,7 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from dsbs_jax.train import inference
 
-    _gin_command.setup(args)
-    n = inference.predict_file(args.input_file, args.output_file, explain=args.explain)
+    kwargs = _gin_command.setup(args)
+    n = inference.predict_file(args.input_file, args.output_file, explain=args.explain, **kwargs)
     print(f"wrote {n} predictions to {args.output_file}")
     return 0

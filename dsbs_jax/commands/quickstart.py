@@ -13,42 +13,7 @@ import os
 import time
 
 from dsbs_jax.commands.sweep import add_sweep_arguments, config_from_args
-
-# What each budget trains. `default` fits in 10 minutes on 2 CPU cores end to end (measured in
-# docs/quickstart.md); its students are under-trained, see there. `--workers 2` runs two runs
-# side by side; on this shared 2-core machine it was not faster, so the default is one process.
-BUDGETS: dict[str, dict] = {
-    "default": {
-        "sizes": {"train": 1000, "validation": 100, "test": 200},
-        "difficulty": "easy",
-        "sweep": {
-            "methods": ("finetune", "distill", "dsbs"),
-            "fractions": (25.0, 50.0, 100.0),
-            "seeds": 3,
-            "steps": 300,
-            "batch_size": 16,
-            "model": "quickstart",
-            "learning_rate": 3e-3,
-            "test_examples": 200,
-            "score_rationale": True,
-        },
-    },
-    "full": {
-        "sizes": {"train": 4000, "validation": 500, "test": 500},
-        "difficulty": "default",
-        "sweep": {
-            "methods": ("finetune", "distill", "distill_matched", "dsbs"),
-            "fractions": (12.5, 25.0, 50.0, 100.0),
-            "seeds": 3,
-            "steps": 2000,
-            "batch_size": 32,
-            "model": "full",
-            "learning_rate": 2e-3,
-            "test_examples": 500,
-            "score_rationale": True,
-        },
-    },
-}
+from dsbs_jax.experiments.quickstart import BUDGETS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -58,16 +23,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--difficulty", choices=("easy", "default", "hard"), help="the built-in task's preset"
     )
-    g = parser.add_argument_group("overrides of the budget's sweep")
-    add_sweep_arguments(g)
+    g = parser.add_argument_group("overrides of the budget's sweep (defaults: --budget default)")
+    add_sweep_arguments(g, BUDGETS["default"]["sweep"])
 
 
 def run(args: argparse.Namespace) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     t0 = time.perf_counter()
-    from dsbs_jax.report.builtin_data import make_builtin_data
+    from dsbs_jax.experiments.builtin_data import make_builtin_data
+    from dsbs_jax.experiments.runner import run_sweep
     from dsbs_jax.report.report import write_report
-    from dsbs_jax.report.sweep import Sweep
 
     budget = BUDGETS[args.budget]
     out = os.path.abspath(args.out)
@@ -90,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         out=os.path.join(out, "sweep"),
         seed=args.seed,
     )
-    Sweep(config, log=log).run()
+    run_sweep(config, log=log)
     paths = write_report(config.out)
     print()
     print(open(paths["table"], encoding="utf-8").read())

@@ -8,13 +8,15 @@ OUT/accuracy.png. Rerunning the same command resumes: finished runs are skipped.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from typing import TYPE_CHECKING
 
 from dsbs_jax.errors import UserError
+from dsbs_jax.experiments.config import SweepConfig as SweepConfigFields
 
 if TYPE_CHECKING:
-    from dsbs_jax.report.sweep import SweepConfig
+    from dsbs_jax.experiments.config import SweepConfig
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -48,25 +50,47 @@ def _lengths(text: str) -> dict[str, int]:
     return out
 
 
-def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
-    """The budget and method flags (shared with `dsbs quickstart`)."""
+def add_sweep_arguments(parser: argparse.ArgumentParser, defaults: dict | None = None) -> None:
+    """The budget and method flags (shared with `dsbs quickstart`); the help shows `defaults`
+    (the command's own), else SweepConfig's."""
+    d = {f.name: f.default for f in dataclasses.fields(SweepConfigFields)} | (defaults or {})
+
+    def show(name: str) -> str:
+        v = d[name]
+        return (
+            ",".join(f"{x:g}" if isinstance(x, float) else str(x) for x in v)
+            if isinstance(v, tuple)
+            else f"{v:g}"
+            if isinstance(v, float)
+            else str(v)
+        )
+
     parser.add_argument(
         "--methods",
         type=_names,
         help="comma-separated: finetune, distill, dsbs, distill_matched "
-        "(default finetune,distill,dsbs)",
+        f"(default {show('methods')})",
     )
     parser.add_argument(
-        "--fractions", type=_floats, help="training-set percentages (default 12.5,25,50,100)"
+        "--fractions", type=_floats, help=f"training-set percentages (default {show('fractions')})"
     )
-    parser.add_argument("--seeds", type=int, help="seeds per method and fraction (default 3)")
-    parser.add_argument("--steps", type=int, help="optimizer steps per run (default 1000)")
-    parser.add_argument("--batch_size", type=int, help="inputs per batch (default 32)")
+    parser.add_argument(
+        "--seeds", type=int, help=f"seeds per method and fraction (default {show('seeds')})"
+    )
+    parser.add_argument(
+        "--steps", type=int, help=f"optimizer steps per run (default {show('steps')})"
+    )
+    parser.add_argument(
+        "--batch_size", type=int, help=f"inputs per batch (default {show('batch_size')})"
+    )
     parser.add_argument(
         "--model",
-        help="student: quickstart, full, or a model gin (t5_1_1_tiny, t5_1_1_small, FILE.gin)",
+        help="student: a model gin of the package (quickstart, micro, full, t5_1_1_tiny, "
+        f"t5_1_1_small, ...) or FILE.gin (default {show('model')})",
     )
-    parser.add_argument("--learning_rate", type=float, help="AdamW peak rate (default 3e-3)")
+    parser.add_argument(
+        "--learning_rate", type=float, help=f"AdamW peak rate (default {show('learning_rate')})"
+    )
     parser.add_argument(
         "--compute_matched",
         action="store_true",
@@ -105,7 +129,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace, **defaults) -> SweepConfig:
     """A SweepConfig from the flags; flags left unset take `defaults`, then the dataclass's."""
-    from dsbs_jax.report.sweep import SweepConfig
+    from dsbs_jax.experiments.config import SweepConfig
 
     values = dict(defaults)
     for name in (
@@ -137,16 +161,15 @@ def config_from_args(args: argparse.Namespace, **defaults) -> SweepConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from dsbs_jax.data.paths import DATA_DIR_ENV
+    from dsbs_jax.experiments.runner import run_sweep
     from dsbs_jax.report.report import write_report
-    from dsbs_jax.report.sweep import Sweep
 
     data_dir = args.data_dir or os.environ.get(DATA_DIR_ENV)
     if not data_dir:
         raise UserError(f"no data dir: pass --data_dir or set {DATA_DIR_ENV}")
     config = config_from_args(args, task=args.task, data_dir=data_dir, out=args.out)
-    Sweep(config, log=lambda s: print(s, flush=True)).run()
+    run_sweep(config, log=lambda s: print(s, flush=True))
     paths = write_report(args.out)
     print(open(paths["table"], encoding="utf-8").read())
     print(f"report: {paths['report']}")

@@ -21,8 +21,8 @@ def run(args) -> int:
     multihost.initialize_from_args(args)
     from dsbs_jax.train import trainer
 
-    _gin_command.setup(args)
-    result = trainer.train()
+    kwargs = _gin_command.setup(args)
+    result = trainer.train(**kwargs)
     summary = {**result.eval_metrics, **result.test_metrics}
     print(f"finished at step {result.step}; model dir {result.model_dir}")
     for k, v in sorted(summary.items()):

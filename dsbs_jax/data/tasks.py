@@ -31,12 +31,12 @@ import tensorflow as tf
 
 from dsbs_jax import metrics
 from dsbs_jax.data import paths
-from dsbs_jax.data.cards import TaskCard
-from dsbs_jax.data.vocab import dataset_vocabulary
+from dsbs_jax.data.cards import TaskCard, load_card
+from dsbs_jax.data.text import LABEL_PREFIX, RATIONALE_PREFIX
+from dsbs_jax.data.vocab import EXTRA_IDS, LazyVocabulary
+from dsbs_jax.errors import UserError
+from dsbs_jax.weighting import DEFAULT_ALPHA, dsbs_rates
 
-LABEL_PREFIX = "predict: "
-RATIONALE_PREFIX = "explain: "
-DEFAULT_ALPHA = 0.5
 DEFAULT_ALPHAS = tuple(a / 10 for a in range(1, 10))
 KEPT_FEATURES = ("id", "task")
 
@@ -64,6 +64,7 @@ class DsbsTfdsSource(seqio.TfdsDataSource):
     def __init__(self, dataset: str, data_dir: str | os.PathLike | None = None):
         name = f"{paths.tfds_dataset_name(dataset)}:{paths.VERSION}"
         super().__init__(tfds_name=name)
+        self.dataset = dataset
         self._tfds_dataset = _Loader(
             name, data_dir=os.fspath(data_dir) if data_dir is not None else None
         )
@@ -167,32 +168,83 @@ def dsbs_mixture_name(dataset: str, alpha: float) -> str:
 
 def register_dsbs_mixture(dataset: str, alpha: float) -> str:
     """Registers `DS_dsbs[_aNN]`: DS_label at rate alpha, DS_rationale at 1 - alpha."""
-    if not 0.0 < alpha < 1.0:
-        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    label_rate, rationale_rate = dsbs_rates(alpha)
     name = dsbs_mixture_name(dataset, alpha)
-    _add_mixture(name, [(f"{dataset}_label", alpha), (f"{dataset}_rationale", 1.0 - alpha)])
+    _add_mixture(name, [(f"{dataset}_label", label_rate), (f"{dataset}_rationale", rationale_rate)])
     return name
 
 
-def register_card_tasks(card: TaskCard, data_dir: str | os.PathLike | None = None) -> list[str]:
-    """Registers the tasks and mixtures of one card; returns their names. Idempotent."""
+def task_vocabulary(
+    dataset: str,
+    data_dir: str | os.PathLike | None = None,
+    vocabulary_path: str | os.PathLike | None = None,
+) -> seqio.SentencePieceVocabulary:
+    """The vocabulary a dataset's tasks use: the given sentencepiece model, else the dataset's own
+    (`$DSBS_VOCAB`, else `<data_dir>/dsbs_<dataset>/spm.model`, found at first use)."""
+    if vocabulary_path is None:
+        return LazyVocabulary(dataset, data_dir)
+    path = os.fspath(vocabulary_path)
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: no such sentencepiece model (VOCABULARY_PATH)")
+    return seqio.SentencePieceVocabulary(path, extra_ids=EXTRA_IDS)
+
+
+def register_card_tasks(
+    card: TaskCard,
+    data_dir: str | os.PathLike | None = None,
+    vocabulary_path: str | os.PathLike | None = None,
+) -> list[str]:
+    """Registers the tasks and mixtures of one card; returns their names. Idempotent.
+
+    `data_dir` None: resolved at each use (`dsbs_jax.data.paths`); `vocabulary_path` None: the
+    dataset's own vocabulary (see `task_vocabulary`)."""
     ds = card.name
     source = DsbsTfdsSource(ds, data_dir)
-    vocab = dataset_vocabulary(ds, data_dir)
+    vocab = task_vocabulary(ds, data_dir, vocabulary_path)
     label_metric = [metrics.seqio_metric(card.metric)]
     _add_task(f"{ds}_label", source, "label", vocab, label_metric)
     _add_task(f"{ds}_rationale", source, "rationale", vocab, [])
     _add_task(f"{ds}_gold_label", source, "gold_label", vocab, label_metric)
     names = [f"{ds}_label", f"{ds}_rationale", f"{ds}_gold_label"]
     names.append(register_dsbs_mixture(ds, DEFAULT_ALPHA))
-    for alpha in DEFAULT_ALPHAS:
+    for alpha in DEFAULT_ALPHAS:  # DS_dsbs_a10 ... DS_dsbs_a90 (DS_dsbs_a50 is DS_dsbs)
         name = f"{ds}_dsbs_a{round(alpha * 100)}"
-        _add_mixture(name, [(f"{ds}_label", alpha), (f"{ds}_rationale", 1.0 - alpha)])
+        _add_mixture(name, list(zip((f"{ds}_label", f"{ds}_rationale"), dsbs_rates(alpha))))
         names.append(name)
     _add_mixture(f"{ds}_finetune", [(f"{ds}_gold_label", 1.0)])
     _add_mixture(f"{ds}_distill", [(f"{ds}_label", 1.0)])
     names += [f"{ds}_finetune", f"{ds}_distill"]
     return names
+
+
+def bind_tasks(
+    name: str,
+    data_dir: str | os.PathLike | None = None,
+    vocabulary_path: str | os.PathLike | None = None,
+) -> None:
+    """Registers the dsbs tasks behind `name` (a task or mixture) again, with this data dir and
+    vocabulary, and the mixture `name` over them.
+
+    Each run (`train`, `eval`, `predict`, the T5X backend) calls it with its own values, so what
+    an earlier run in the same process chose never carries over. Tasks that are not read from a
+    prepared dsbs dataset are left as they are."""
+    provider = seqio.get_mixture_or_task(name)
+    subtasks = provider.tasks if isinstance(provider, seqio.Mixture) else [provider]
+    rates = (
+        [(t.name, provider.get_rate(t)) for t in subtasks]
+        if isinstance(provider, seqio.Mixture)
+        else None
+    )
+    datasets = {t.source.dataset for t in subtasks if isinstance(t.source, DsbsTfdsSource)}
+    if vocabulary_path is not None and not datasets:
+        raise UserError(
+            f"{name}: VOCABULARY_PATH applies to tasks read from a prepared dsbs dataset; "
+            f"{name}'s tasks keep their own vocabulary"
+        )
+    for dataset in sorted(datasets):
+        register_card_tasks(load_card(dataset), data_dir, vocabulary_path)
+    if rates is not None and datasets:
+        _add_mixture(name, rates)
 
 
 def registered_dsbs_names() -> dict[str, list[str]]:

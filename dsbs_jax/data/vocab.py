@@ -4,10 +4,10 @@ A trained model follows T5's conventions: pad 0, eos 1, unk 2, no bos, digits sp
 fallback; seqio adds 100 sentinel ids on top (`extra_ids=100`). Its default place is
 `<data_dir>/dsbs_<dataset>/spm.model`, next to the TFDS version folder.
 
-The tasks' output features hold a `LazyVocabulary`, which finds its model file at first use, in
-this order: `set_vocabulary_override(path)` (the trainer calls it when gin names a vocabulary,
-such as the public 32k T5 model), else `$DSBS_VOCAB`, else the default place under the data dir
-(see `dsbs_jax.data.paths`). Importing `dsbs_jax.tasks` reads no file.
+The tasks' output features hold a `LazyVocabulary`, which finds its model file at first use:
+`$DSBS_VOCAB`, else the default place under the data dir (see `dsbs_jax.data.paths`). A run that
+names a vocabulary (VOCABULARY_PATH, such as the public 32k T5 model) registers its tasks with
+that model instead (`data.tasks.bind_tasks`). Importing `dsbs_jax.tasks` reads no file.
 """
 
 from __future__ import annotations
@@ -19,20 +19,12 @@ from collections.abc import Iterable, Iterator
 import seqio
 
 from dsbs_jax.data import paths
+from dsbs_jax.data.text import EOS_ID, LABEL_PREFIX, PAD_ID, RATIONALE_PREFIX, UNK_ID
 from dsbs_jax.errors import UserError
 
 VOCAB_ENV = "DSBS_VOCAB"
 VOCAB_FILE = "spm.model"
 EXTRA_IDS = 100
-PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
-
-_override: str | None = None
-
-
-def set_vocabulary_override(path: str | os.PathLike | None) -> None:
-    """Makes every dsbs task use this sentencepiece model (None: back to env / default)."""
-    global _override
-    _override = os.fspath(path) if path is not None else None
 
 
 def default_vocab_path(dataset: str, data_dir: str | os.PathLike | None = None) -> str:
@@ -41,8 +33,8 @@ def default_vocab_path(dataset: str, data_dir: str | os.PathLike | None = None) 
 
 
 def resolve_vocab_path(dataset: str, data_dir: str | os.PathLike | None = None) -> str:
-    """The model file a dataset's tasks use now: override, else $DSBS_VOCAB, else the default."""
-    return _override or os.environ.get(VOCAB_ENV) or default_vocab_path(dataset, data_dir)
+    """The model file of a dataset's own vocabulary: $DSBS_VOCAB, else the default place."""
+    return os.environ.get(VOCAB_ENV) or default_vocab_path(dataset, data_dir)
 
 
 class LazyVocabulary(seqio.SentencePieceVocabulary):
@@ -84,17 +76,6 @@ class LazyVocabulary(seqio.SentencePieceVocabulary):
         return f"LazyVocabulary(dataset={self._dataset}, file={self.sentencepiece_model_file})"
 
 
-_VOCABS: dict[tuple[str, str | None], LazyVocabulary] = {}
-
-
-def dataset_vocabulary(dataset: str, data_dir: str | os.PathLike | None = None) -> LazyVocabulary:
-    """The one LazyVocabulary shared by all tasks of a dataset."""
-    key = (dataset, os.fspath(data_dir) if data_dir is not None else None)
-    if key not in _VOCABS:
-        _VOCABS[key] = LazyVocabulary(dataset, data_dir)
-    return _VOCABS[key]
-
-
 def get_vocabulary(task_or_mixture_name: str) -> seqio.Vocabulary:
     """The targets vocabulary of a registered task or mixture (inputs share it)."""
     provider = seqio.get_mixture_or_task(task_or_mixture_name)
@@ -103,8 +84,6 @@ def get_vocabulary(task_or_mixture_name: str) -> seqio.Vocabulary:
 
 def training_texts(examples: Iterable[dict[str, str]]) -> Iterator[str]:
     """What the vocabulary is trained on: prefixed inputs, labels and rationales."""
-    from dsbs_jax.data.tasks import LABEL_PREFIX, RATIONALE_PREFIX
-
     for ex in examples:
         yield LABEL_PREFIX + ex["input"]
         yield RATIONALE_PREFIX + ex["input"]

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from dsbs_jax.errors import UserError
+from dsbs_jax.interop import hf, t5x
 
 Params = dict[str, Any]
 _LOGITS = ("decoder", "logits_dense", "kernel")
@@ -22,8 +23,6 @@ _EMBEDDING = ("token_embedder", "embedding")
 
 def detect(path: str | os.PathLike) -> str | None:
     """'hf', 't5x' or None: the kind of checkpoint at `path`."""
-    from dsbs_jax.interop import hf, t5x  # noqa: PLC0415
-
     if os.path.isdir(path) and hf.is_hf_dir(path):
         return "hf"
     if t5x.is_t5x_checkpoint(path):
@@ -33,8 +32,6 @@ def detect(path: str | os.PathLike) -> str | None:
 
 def load_params_numpy(path: str | os.PathLike) -> Params | None:
     """Our parameter tree (numpy) from a HF or T5X checkpoint; None if `path` is neither."""
-    from dsbs_jax.interop import hf, t5x  # noqa: PLC0415
-
     kind = detect(path)
     if kind == "hf":
         return hf.load_hf(path)[0]

@@ -15,6 +15,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from dsbs_jax.data.text import EOS_ID
 from dsbs_jax.model.t5 import Transformer
 
 Array = jax.Array
@@ -101,7 +102,7 @@ def greedy_decode(
     params: Any,
     encoder_input_tokens: Array,
     max_decode_length: int,
-    eos_id: int = 1,
+    eos_id: int = EOS_ID,
 ) -> Array:
     """Greedy decoding: tokens [batch, max_decode_length], 0 after each row's EOS."""
     return _greedy(
@@ -203,7 +204,7 @@ def beam_search(
     max_decode_length: int,
     beam_size: int = 4,
     alpha: float = 0.6,
-    eos_id: int = 1,
+    eos_id: int = EOS_ID,
 ) -> tuple[Array, Array]:
     """Beam search: best tokens [batch, max_decode_length] (0 after EOS) and scores [batch].
 
@@ -255,7 +256,7 @@ def score_sequences(
     encoder_input_tokens: Array,
     tokens: Array,
     alpha: float = 0.6,
-    eos_id: int = 1,
+    eos_id: int = EOS_ID,
 ) -> Array:
     """Beam-search score [batch] of decoded `tokens` [batch, length] (up to the first EOS)."""
     return _score(

@@ -13,8 +13,7 @@ from typing import Any
 
 from dsbs_jax.errors import UserError
 from dsbs_jax.report import plots, tables
-from dsbs_jax.report.results import RunResult, read_results
-from dsbs_jax.report.sweep import SWEEP_FILE
+from dsbs_jax.report.results import SWEEP_FILE, RunResult, read_results
 
 TABLE_FILE = "table.md"
 REPORT_FILE = "report.md"
@@ -43,8 +42,10 @@ def tables_markdown(results: list[RunResult]) -> str:
 
 
 def timing_markdown(results: list[RunResult]) -> str:
-    """Mean seconds per run by method: training (of which compile, steps), evaluation."""
-    keys = ("train", "train_compile", "train_steps", "train_other", "eval", "eval_compile")
+    """Mean seconds per run by method, for each part of a run's time the results record."""
+    keys: list[str] = []
+    for r in results:
+        keys += [k for k in r.timing if k not in keys]
     head = ["method", "runs", "total s", *keys]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     by_method: dict[str, list[RunResult]] = {}

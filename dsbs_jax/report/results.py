@@ -16,6 +16,7 @@ from typing import Any
 from dsbs_jax.errors import located
 
 RESULTS_FILE = "results.jsonl"
+SWEEP_FILE = "sweep.json"  # the sweep's settings, train and test sizes, teacher accuracy
 
 
 @dataclasses.dataclass

@@ -12,21 +12,40 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from dsbs_jax.data import text
+from dsbs_jax.data.text import EOS_ID
 from dsbs_jax.model import decode as decode_lib
 
 
 def make_decode_fn(
-    model, max_decode_length: int, eos_id: int = 1
+    model, max_decode_length: int, beam_size: int = 1
 ) -> Callable[[Any, np.ndarray], np.ndarray]:
-    """A jitted greedy decoder: (params, encoder tokens [B, L]) -> tokens [B, max_decode_length]."""
+    """A jitted decoder: (params, encoder tokens [B, L]) -> tokens [B, max_decode_length];
+    greedy, or the best of a beam search with `beam_size` > 1."""
 
     @functools.partial(jax.jit)
     def run(params, encoder_input_tokens):
+        if beam_size > 1:
+            tokens, _ = decode_lib.beam_search(
+                model, params, encoder_input_tokens, max_decode_length, beam_size, eos_id=EOS_ID
+            )
+            return tokens
         return decode_lib.greedy_decode(
-            model, params, encoder_input_tokens, max_decode_length, eos_id=eos_id
+            model, params, encoder_input_tokens, max_decode_length, eos_id=EOS_ID
         )
 
     return run
+
+
+def decoder(model, max_decode_length: int, cache: dict | None = None, beam_size: int = 1):
+    """`make_decode_fn`, kept in `cache` (when given) for the same network and length, so runs
+    alike share one compiled decoder."""
+    if cache is None:
+        return make_decode_fn(model, max_decode_length, beam_size)
+    key = ("decode", model.config, max_decode_length, beam_size)
+    if key not in cache:
+        cache[key] = make_decode_fn(model, max_decode_length, beam_size)
+    return cache[key]
 
 
 def decode_batches(
@@ -57,10 +76,19 @@ def decode_batches(
         tokens = np.asarray(jax.device_get(out))[:real]
         for row in tokens:
             row = row.tolist()
-            if trim and 1 in row:
-                row = row[: row.index(1) + 1]
+            if trim and EOS_ID in row:
+                row = row[: row.index(EOS_ID) + 1]
             outputs.append(row)
     return outputs
+
+
+def decode_texts(
+    decode_fn: Callable, params: Any, vocab, texts: list[str], input_length: int, batch_size: int
+) -> tuple[list[str], int]:
+    """Decoded text for each input text, and how many inputs were cut to `input_length`."""
+    tokens, cut = text.encode_inputs(vocab, texts, input_length)
+    rows = decode_batches(decode_fn, params, tokens, batch_size)
+    return text.decode_rows(vocab, rows), cut
 
 
 def make_predict_fn(decode_fn: Callable, get_params: Callable[[], Any], batch_size: int):

@@ -7,10 +7,11 @@ The package's own `gin_configs/` folder is always on the search path, so
 from __future__ import annotations
 
 import ast
+import contextlib
 import logging
 import os
 import pathlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import gin
 
@@ -53,12 +54,19 @@ def _literal_or_string(binding: str) -> str:
 def parse_gin(
     gin_files: Sequence[str], bindings: Sequence[str], search_paths: Sequence[str] = ()
 ) -> None:
-    """Parses gin files and bindings; errors name the file (and line) or the binding."""
-    for path in [os.getcwd(), *search_paths, str(PACKAGE_GIN_DIR)]:
-        gin.add_config_file_search_path(path)
+    """Makes these gin files and bindings the whole gin config (what an earlier run of the same
+    process bound is cleared first); errors name the file (and line) or the binding.
+
+    The search paths (the current folder, `search_paths`, the package's gin_configs/) hold for
+    this parse only: gin keeps its list for the process, so it is put back afterwards."""
     if not gin_files:
         raise UserError("no --gin_file given (for example --gin_file=runs/dsbs.gin)")
     files = [_resolve(f, [*search_paths, str(PACKAGE_GIN_DIR)]) for f in gin_files]
+    gin.clear_config()
+    prefixes = gin.config._LOCATION_PREFIXES  # gin has no public way to remove a search path
+    saved = list(prefixes)
+    for path in [os.getcwd(), *search_paths, str(PACKAGE_GIN_DIR)]:
+        gin.add_config_file_search_path(path)
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.CRITICAL)  # gin logs every search-path miss of an include as an error
@@ -72,6 +80,20 @@ def parse_gin(
         raise UserError(f"gin: {str(e).splitlines()[0] if str(e) else e!r}") from None
     finally:
         root.setLevel(level)
+        prefixes[:] = saved
+
+
+@contextlib.contextmanager
+def scoped_config(
+    gin_files: Sequence[str], bindings: Sequence[str], search_paths: Sequence[str] = ()
+) -> Iterator[None]:
+    """`parse_gin`, cleared again on exit: for a caller that runs several configs in one process
+    (a sweep), so that no binding of one run is left for code that runs after it."""
+    parse_gin(gin_files, bindings, search_paths)
+    try:
+        yield
+    finally:
+        gin.clear_config()
 
 
 def _resolve(path: str, search_paths: Sequence[str]) -> str:

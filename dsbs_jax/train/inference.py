@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from typing import Any
 
 import flax.linen as nn
 import gin
-import numpy as np
 
 from dsbs_jax.data import cards as cards_lib
+from dsbs_jax.data import tasks as tasks_lib
 from dsbs_jax.data import vocab as vocab_lib
+from dsbs_jax.data.text import LABEL_PREFIX, RATIONALE_PREFIX
 from dsbs_jax.errors import UserError, located
 from dsbs_jax.model.t5 import T5Config, Transformer
 from dsbs_jax.records import iter_jsonl
@@ -43,10 +45,10 @@ def evaluate_checkpoint(
     vocabulary_path: str | None = None,
     output_dir: str | None = None,
     num_examples: int | None = None,
+    data_dir: str | None = None,
 ) -> dict[str, float]:
     """Scores a checkpoint on a split with the tasks' metrics; returns `{task/metric: value}`."""
-    if vocabulary_path:
-        vocab_lib.set_vocabulary_override(vocabulary_path)
+    tasks_lib.bind_tasks(mixture_or_task_name, data_dir, vocabulary_path)
     lengths = (task_feature_lengths["inputs"], task_feature_lengths["targets"])
     model, params, mesh, rules = load_model(
         model_config, mixture_or_task_name, checkpoint_path, lengths
@@ -95,31 +97,37 @@ def predict_file(
     target_length: int = 256,
     batch_size: int = 64,
     vocabulary_path: str | None = None,
+    beam_size: int = 1,
+    data_dir: str | None = None,
 ) -> int:
-    """Writes `{id, input, prediction[, rationale]}` lines for each input; returns the count."""
-    if vocabulary_path:
-        vocab_lib.set_vocabulary_override(vocabulary_path)
+    """Writes `{id, input, prediction[, rationale]}` lines for each input; returns the count.
+
+    Greedy decoding, or beam search with `beam_size` > 1 (best beam)."""
     card = cards_lib.load_card(task)
     rows = _read_inputs(input_file, card)
     name = f"{card.name}_label"
+    tasks_lib.bind_tasks(name, data_dir, vocabulary_path)
     vocab = vocab_lib.get_vocabulary(name)
     model, params, mesh, rules = load_model(
         model_config, name, checkpoint_path, (input_length, target_length)
     )
-    decode_fn = evaluation.make_decode_fn(model, target_length)
+    decode_fn = evaluation.make_decode_fn(model, target_length, beam_size)
     batch = max(batch_size // mesh.shape["data"], 1) * mesh.shape["data"]
 
     def run(prefix: str) -> list[str]:
-        tokens = np.zeros((len(rows), input_length), np.int32)
-        for i, r in enumerate(rows):
-            ids = list(vocab.encode(prefix + r["input"]))[: input_length - 1] + [1]
-            tokens[i, : len(ids)] = ids
+        texts = [prefix + r["input"] for r in rows]
         with mesh, nn.logical_axis_rules(rules):
-            outs = evaluation.decode_batches(decode_fn, params, tokens, batch, trim=True)
-        return [vocab.decode([t for t in o if t > 1]) for o in outs]
+            out, cut = evaluation.decode_texts(decode_fn, params, vocab, texts, input_length, batch)
+        if cut:
+            print(
+                f"{input_file}: {cut} of {len(rows)} inputs are longer than input_length "
+                f"{input_length} tokens and were cut",
+                file=sys.stderr,
+            )
+        return out
 
-    predictions = run("predict: ")
-    rationales = run("explain: ") if explain else None
+    predictions = run(LABEL_PREFIX)
+    rationales = run(RATIONALE_PREFIX) if explain else None
     os.makedirs(os.path.dirname(os.path.abspath(output_file)), exist_ok=True)
     with open(output_file, "w", encoding="utf-8") as f:
         for i, r in enumerate(rows):

@@ -1,10 +1,10 @@
 """Training batches from a seqio task or mixture, with per-task loss weights.
 
 `exact` weighting: each example's tasks (a dsbs mixture's label and rationale) travel together,
-adjacent in the stream and so packed into the same batch, and each task's mean token loss is
-weighted by its rate. `sampling` weighting: tasks are drawn at their rates, as T5X does, and
-every token weighs 1. Every host reads only its own shard (seqio.ShardInfo by process index)
-and yields its share of the global batch.
+adjacent in the stream and so packed into the same batch; `sampling` weighting: tasks are drawn
+at their rates, as T5X does. The weights themselves come from `dsbs_jax.weighting`. Every host
+reads only its own shard (seqio.ShardInfo by process index) and yields its share of the global
+batch.
 """
 
 from __future__ import annotations
@@ -18,28 +18,9 @@ import tensorflow as tf
 
 from dsbs_jax.data.features import TASK_IDS, TaskWeightedEncDecFeatureConverter, add_task_ids
 from dsbs_jax.errors import UserError
+from dsbs_jax.weighting import task_weights, tasks_and_rates
 
 KEEP = ("inputs", "targets", TASK_IDS)
-
-
-def tasks_and_rates(name: str) -> tuple[list[seqio.Task], list[float]]:
-    """The tasks of a mixture (or a task alone) with their rates, normalised to sum to 1."""
-    try:
-        provider = seqio.get_mixture_or_task(name)
-    except ValueError:
-        known = ", ".join(
-            sorted(seqio.MixtureRegistry.names()) + sorted(seqio.TaskRegistry.names())
-        )
-        raise UserError(f"unknown task or mixture {name!r}; registered: {known}") from None
-    if isinstance(provider, seqio.Mixture):
-        tasks = list(provider.tasks)
-        rates = [float(provider.get_rate(t)) for t in tasks]
-    else:
-        tasks, rates = [provider], [1.0]
-    total = sum(rates)
-    if total <= 0:
-        raise UserError(f"mixture {name!r} has no positive rate")
-    return tasks, [r / total for r in rates]
 
 
 def _task_dataset(task, index, lengths, split, use_cached, shuffle, seed, shard_info, repeat):
@@ -97,7 +78,6 @@ def build_dataset(
             return out
 
         ds = zipped.flat_map(interleave)
-        weights = rates
     else:
         parts = [
             _task_dataset(
@@ -111,7 +91,7 @@ def build_dataset(
             if len(parts) == 1
             else tf.data.Dataset.sample_from_datasets(parts, rates, seed=seed)
         )
-        weights = [1.0] * len(tasks)
+    weights = task_weights(rates, weighting)
     converter = TaskWeightedEncDecFeatureConverter(weights, pack=pack)
     ds = converter(ds, dict(feature_lengths))
     local_batch = batch_size // jax.process_count()

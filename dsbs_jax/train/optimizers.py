@@ -78,3 +78,22 @@ def make_optimizer(
     if clip_grad_norm:
         tx = optax.chain(optax.clip_by_global_norm(clip_grad_norm), tx)
     return tx
+
+
+def from_gin(train_steps: int, cache: dict | None = None):
+    """The optimizer and schedule that gin configures (`make_optimizer`, `learning_rate_schedule`,
+    total_steps defaulting to TRAIN_STEPS). Kept in `cache` under those settings, so runs with
+    the same settings get the same objects (and so share their compiled programs)."""
+    key = (
+        "optimizer",
+        train_steps,
+        repr(sorted(gin.get_bindings(learning_rate_schedule).items())),
+        repr(sorted(gin.get_bindings(make_optimizer).items())),
+    )
+    if cache is not None and key in cache:
+        return cache[key]
+    schedule = learning_rate_schedule(total_steps=train_steps)
+    made = (make_optimizer(schedule), schedule)
+    if cache is not None:
+        cache[key] = made
+    return made

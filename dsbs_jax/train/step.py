@@ -11,6 +11,7 @@ from typing import Any
 import jax
 import optax
 
+from dsbs_jax import weighting
 from dsbs_jax.train import checkpoints, losses, partitioning
 
 BATCH_KEYS = (
@@ -77,7 +78,7 @@ def build_programs(
                 {"params": p}, **_model_inputs(batch), enable_dropout=True, rngs={"dropout": rng}
             )
             tok = losses.token_losses(logits, batch["decoder_target_tokens"], z_loss)
-            return losses.weighted_loss(
+            return weighting.weighted_loss(
                 tok,
                 batch["decoder_loss_weights"],
                 batch["decoder_task_ids"],

@@ -1,20 +1,19 @@
 """The native trainer: one linear `train()` you can read top to bottom.
 
-Sections: set-up and config, mesh, input pipeline, model and optimizer, shardings and state,
-checkpoint restore, the update step, evaluation, the train loop. Configured by gin with T5X's
-macros (see gin_configs/runs/*.gin); `dsbs train` calls it.
+Sections: set-up and config, mesh, data, model and optimizer, programs, state (fresh or
+restored), hooks, the train loop. The update step itself is `train.step`; everything else the loop
+does (metrics, checkpoints, evaluation, early stopping, a caller's own scoring) is a hook
+(`train.hooks`). Configured by gin with T5X's macros (see gin_configs/runs/*.gin); `dsbs train`
+calls it, and so does every run of a sweep.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import os
-import sys
-import time
-from typing import Any
+from collections.abc import Sequence
 
 import flax.linen as nn
 import gin
@@ -24,18 +23,12 @@ import optax
 import seqio
 from clu import metric_writers
 
-from dsbs_jax.data import vocab as vocab_lib
+from dsbs_jax import weighting
+from dsbs_jax.data import tasks as tasks_lib
 from dsbs_jax.errors import UserError
 from dsbs_jax.model.t5 import T5Config, Transformer
-from dsbs_jax.train import (
-    checkpoints,
-    evaluation,
-    input_pipeline,
-    losses,
-    multihost,
-    optimizers,
-    partitioning,
-)
+from dsbs_jax.train import checkpoints, evaluation, input_pipeline, optimizers, partitioning
+from dsbs_jax.train import hooks as hooks_lib
 from dsbs_jax.train import step as step_lib
 
 log = logging.getLogger("dsbs.train")
@@ -59,37 +52,6 @@ def model_config_for(config: T5Config, mixture_or_task_name: str) -> T5Config:
     provider = seqio.get_mixture_or_task(mixture_or_task_name)
     size = provider.output_features["targets"].vocabulary.vocab_size
     return dataclasses.replace(config, vocab_size=int(math.ceil(size / 128) * 128))
-
-
-class _Progress:
-    """A tqdm bar on a terminal; a log line every `every` steps otherwise."""
-
-    def __init__(self, start: int, total: int, every: int):
-        self.every, self.total, self.bar = every, total, None
-        self.t0, self.s0 = time.time(), start
-        if sys.stderr.isatty() and jax.process_index() == 0:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True)
-
-    def update(self, step: int, metrics: dict[str, float] | None) -> None:
-        if self.bar is not None:
-            self.bar.update(1)
-            if metrics:
-                self.bar.set_postfix(loss=f"{metrics['loss']:.4f}")
-        elif metrics is not None and jax.process_index() == 0:
-            done = step - self.s0
-            rate = done / max(time.time() - self.t0, 1e-9)
-            eta = (self.total - step) / rate if rate > 0 else float("nan")
-            print(
-                f"step {step}/{self.total}  loss {metrics['loss']:.4f}  "
-                f"{rate:.2f} steps/s  eta {eta:.0f}s",
-                flush=True,
-            )
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 @gin.configurable
@@ -117,6 +79,8 @@ def train(
     z_loss: float = 1e-4,
     pack: bool = True,
     vocabulary_path: str | None = None,
+    data_dir: str | None = None,
+    hooks: Sequence[hooks_lib.Hook] = (),
     mesh: jax.sharding.Mesh | None = None,
     axis_rules: partitioning.LogicalRules | None = None,
     optimizer: optax.GradientTransformation | None = None,
@@ -127,23 +91,27 @@ def train(
 
     train_split may slice the training data the TFDS way (`train[:25%]`, `train[:500]`) for
     data-fraction sweeps; eval_split and test_split are scored with the tasks' metrics (against
-    gold labels) every eval_period steps and at the end.
+    gold labels) every eval_period steps and at the end. `data_dir` and `vocabulary_path` say
+    where this run's prepared data and sentencepiece model are (None: the defaults of
+    `dsbs_jax.data.paths` and the dataset's own vocabulary). `hooks` run after the built-in ones
+    that evaluate the validation split, before logging and checkpointing. `programs`: a dict a
+    caller keeps across runs alike (a sweep), so their jitted programs are traced once.
     """
     # ---------------------------------------------------------------- set-up and config
-    if loss_weighting not in losses.WEIGHTINGS:
+    weighting.check_weighting(loss_weighting)
+    if train_steps < 1 or batch_size < 1:
         raise UserError(
-            f"LOSS_WEIGHTING must be one of {losses.WEIGHTINGS}, got {loss_weighting!r}"
+            f"TRAIN_STEPS ({train_steps}) and BATCH_SIZE ({batch_size}) must be at least 1"
         )
-    if vocabulary_path:
-        vocab_lib.set_vocabulary_override(vocabulary_path)
+    weighting.tasks_and_rates(mixture_or_task_name)  # an unknown name fails here, in one line
+    tasks_lib.bind_tasks(mixture_or_task_name, data_dir, vocabulary_path)
+    config = model_config_for(model_config, mixture_or_task_name)
+    model = Transformer(config)
     os.makedirs(model_dir, exist_ok=True)
     is_main = jax.process_index() == 0
     if is_main:
         with open(os.path.join(model_dir, "config.gin"), "w") as f:
             f.write(gin.config_str())
-    input_pipeline.tasks_and_rates(mixture_or_task_name)  # an unknown name fails here, in one line
-    config = model_config_for(model_config, mixture_or_task_name)
-    model = Transformer(config)
 
     # ---------------------------------------------------------------- mesh
     mesh = mesh or partitioning.make_mesh()
@@ -160,8 +128,8 @@ def train(
     )
     start_step = ckpt.latest_step() or 0
 
-    # ---------------------------------------------------------------- input pipeline
-    ds, task_names, task_weights = input_pipeline.build_dataset(
+    # ---------------------------------------------------------------- data
+    ds, task_names, _ = input_pipeline.build_dataset(
         mixture_or_task_name,
         task_feature_lengths,
         batch_size,
@@ -172,29 +140,25 @@ def train(
         pack=pack,
     )
     batches = input_pipeline.numpy_batches(ds, start_step=start_step)
-    num_tasks = len(task_names)
 
     # ---------------------------------------------------------------- model and optimizer
-    # An optimizer passed in (Python callers) logs the learning rate only with its schedule.
-    schedule = learning_rate_fn
-    if optimizer is None:
-        schedule = optimizers.learning_rate_schedule(total_steps=train_steps)
-    tx = optimizer or optimizers.make_optimizer(schedule)
+    cache = programs if programs is not None else {}
+    if optimizer is None:  # from gin: make_optimizer and learning_rate_schedule
+        optimizer, learning_rate_fn = optimizers.from_gin(train_steps, cache)
     enc_len, dec_len = task_feature_lengths["inputs"], task_feature_lengths["targets"]
 
-    # ---------------------------------------------------------------- shardings and programs
+    # ---------------------------------------------------------------- programs
     # The jitted programs depend on the model, optimizer, mesh and shapes, not on the seed or the
-    # data: a caller that trains many runs alike (a sweep) passes `programs` to trace them once.
-    key = (config, tx, schedule, num_tasks, loss_weighting, z_loss, mesh, rules, enc_len, dec_len)
-    built = programs.get(key) if programs is not None else None
-    if built is None:
+    # data: runs alike (a sweep's) share them through `programs`, traced and compiled once.
+    key = ("train", config, optimizer, learning_rate_fn, len(task_names), loss_weighting, z_loss,
+           mesh, rules, enc_len, dec_len)  # fmt: skip
+    if key not in cache:
         with mesh, nn.logical_axis_rules(rules):
-            built = step_lib.build_programs(
-                model, tx, schedule, num_tasks, loss_weighting, z_loss, mesh, rules, enc_len,
-                dec_len,
+            cache[key] = step_lib.build_programs(
+                model, optimizer, learning_rate_fn, len(task_names), loss_weighting, z_loss,
+                mesh, rules, enc_len, dec_len,
             )  # fmt: skip
-        if programs is not None:
-            programs[key] = built
+    built = cache[key]
 
     # ---------------------------------------------------------------- state
     with mesh, nn.logical_axis_rules(rules):
@@ -208,38 +172,46 @@ def train(
                 start_step,
                 meta.get("data_position"),
             )
-        else:
-            if initial_checkpoint_path:
-                params = checkpoints.load_params(initial_checkpoint_path, built.abstract_params)
-            else:
-                params = built.init(jax.random.PRNGKey(random_seed))
+        elif initial_checkpoint_path:
+            params = checkpoints.load_params(initial_checkpoint_path, built.abstract_params)
             opt_state = built.opt_init(params)
-    batch_sharding = partitioning.data_sharding(mesh)
-    dropout_key = jax.random.PRNGKey(random_seed + 1)
+        else:
+            params = built.init(jax.random.PRNGKey(random_seed))
+            opt_state = built.opt_init(params)
+    state = hooks_lib.RunState(
+        model_dir=model_dir,
+        model=model,
+        mesh=mesh,
+        rules=rules,
+        train_steps=train_steps,
+        batch_size=batch_size,
+        task_names=task_names,
+        step=start_step,
+        params=params,
+        opt_state=opt_state,
+        is_main=is_main,
+    )
 
-    # ---------------------------------------------------------------- evaluation
-    writer = metric_writers.create_default_writer(
-        os.path.join(model_dir, "train"), just_logging=not is_main, asynchronous=True
-    )
-    eval_writer = metric_writers.create_default_writer(
-        os.path.join(model_dir, "eval"), just_logging=not is_main, asynchronous=True
-    )
-    os.makedirs(os.path.join(model_dir, "train"), exist_ok=True)
-    metrics_log = open(os.path.join(model_dir, "train", "metrics.jsonl"), "a") if is_main else None
-    decode_fn = evaluation.make_decode_fn(model, dec_len)
+    # ---------------------------------------------------------------- hooks
+    def writer(name: str):
+        return metric_writers.create_default_writer(
+            os.path.join(model_dir, name), just_logging=not is_main, asynchronous=True
+        )
+
+    eval_writer = writer("eval")
+    decode_fn = evaluation.decoder(model, dec_len, cache)
     eval_batch = max(eval_batch_size // mesh.shape["data"], 1) * mesh.shape["data"]
-    current = {"params": params}
-    predict_fn = evaluation.make_predict_fn(decode_fn, lambda: current["params"], eval_batch)
-    evaluators: dict[str, Any] = {}
+    predict_fn = evaluation.make_predict_fn(decode_fn, lambda: state.params, eval_batch)
+    evaluators: dict[str, object] = {}
 
-    def evaluate(split: str, step: int, num_examples: int | None) -> dict[str, float]:
+    def evaluate(split: str, step: int) -> dict[str, float]:
         if split not in evaluators:
             evaluators[split] = evaluation.make_evaluator(
                 mixture_or_task_name,
                 split,
                 task_feature_lengths,
                 model_dir if is_main else None,
-                num_examples,
+                eval_examples if split == eval_split else None,
                 use_cached_tasks,
             )
         if evaluators[split] is None:
@@ -255,72 +227,48 @@ def train(
             )
         return result
 
+    os.makedirs(os.path.join(model_dir, "train"), exist_ok=True)
+    metrics_path = os.path.join(model_dir, "train", "metrics.jsonl") if is_main else None
+    state.hooks = [
+        *([hooks_lib.Evaluate(eval_split, eval_period, evaluate)] if eval_period else []),
+        *hooks,
+        hooks_lib.LogMetrics(writer("train"), log_every, metrics_path),
+        hooks_lib.SaveCheckpoints(ckpt, log_every, random_seed),
+        *([hooks_lib.Evaluate(test_split, 0, evaluate, at_end_only=True)] if test_split else []),
+    ]
+
     # ---------------------------------------------------------------- the train loop
-    progress = _Progress(start_step, train_steps, log_every)
-    last_metrics: dict[str, float] = {}
-    eval_metrics: dict[str, float] = {}
-    tokens_per_step = 0.0
-    t_last, steps_since = time.time(), 0
-    step = start_step
+    batch_sharding = partitioning.data_sharding(mesh)
+    dropout_key = jax.random.PRNGKey(random_seed + 1)
     with mesh, nn.logical_axis_rules(rules):
-        while step < train_steps:
+        while not state.final:
             try:
                 host_batch = next(batches)
             except StopIteration:
                 raise UserError(
-                    f"{mixture_or_task_name}: the training data ran out at step {step}"
+                    f"{mixture_or_task_name}: the training data ran out at step {state.step}"
                 ) from None
             batch = {
                 k: jax.make_array_from_process_local_data(batch_sharding, host_batch[k])
                 for k in step_lib.BATCH_KEYS
                 if k in host_batch
             }
-            params, opt_state, aux = built.step(
-                params, opt_state, jnp.asarray(step, jnp.int32), batch, dropout_key
-            )
-            current["params"] = params
-            step += 1
-            steps_since += 1
-            tokens_per_step = (
+            state.params, state.opt_state, state.aux = built.step(
+                state.params, state.opt_state, jnp.asarray(state.step, jnp.int32), batch,
+                dropout_key,
+            )  # fmt: skip
+            state.step += 1
+            state.target_tokens = (
                 float((host_batch["decoder_target_tokens"] > 0).sum()) * jax.process_count()
             )
-            report = step % log_every == 0 or step == train_steps
-            if report:
-                aux = jax.device_get(aux)
-                elapsed = max(time.time() - t_last, 1e-9)
-                last_metrics = {"loss": float(aux["loss"]), "grad_norm": float(aux["grad_norm"])}
-                if "learning_rate" in aux:
-                    last_metrics["learning_rate"] = float(aux["learning_rate"])
-                for t, name in enumerate(task_names, start=1):
-                    last_metrics[f"loss/{name}"] = float(aux[f"task_{t}/loss"])
-                last_metrics["steps_per_second"] = steps_since / elapsed
-                last_metrics["seqs_per_second"] = steps_since * batch_size / elapsed
-                last_metrics["target_tokens_per_second"] = steps_since * tokens_per_step / elapsed
-                t_last, steps_since = time.time(), 0
-                if not math.isfinite(last_metrics["loss"]):
-                    raise UserError(
-                        f"the loss became {last_metrics['loss']} at step {step}; lower the learning rate"
-                    )
-                writer.write_scalars(step, last_metrics)
-                if metrics_log is not None:
-                    metrics_log.write(json.dumps({"step": step, **last_metrics}) + "\n")
-                    metrics_log.flush()
-            progress.update(step, last_metrics if report else None)
-            # Every process must agree (they all write it): see multihost.checkpoint_due.
-            if multihost.checkpoint_due(ckpt, step, final=step == train_steps, sync_point=report):
-                ckpt.save(
-                    step,
-                    params,
-                    opt_state,
-                    {"step": step, "data_position": step, "seed": random_seed},
-                )
-            if eval_period and (step % eval_period == 0 or step == train_steps):
-                eval_metrics = evaluate(eval_split, step, eval_examples)
-        progress.close()
-        test_metrics = evaluate(test_split, step, None) if test_split else {}
-    ckpt.close()
-    writer.flush()
+            for hook in state.hooks:
+                if hook.due(state):
+                    hook.on_step(state)
+        if state.stop_reason and is_main:
+            print(f"stopped at step {state.step}: {state.stop_reason}", flush=True)
+        for hook in state.hooks:
+            hook.on_end(state)
     eval_writer.flush()
-    if metrics_log is not None:
-        metrics_log.close()
-    return TrainResult(step, last_metrics, eval_metrics, test_metrics, model_dir)
+    return TrainResult(
+        state.step, state.train_metrics, state.eval_metrics, state.test_metrics, model_dir
+    )

@@ -1,7 +1,7 @@
 """A sweep's runs in several worker processes on one machine.
 
-    parent: Sweep._setup (lengths measured, sweep.json written), then N workers:
-        python -m dsbs_jax.report.workers OUT/workers.json INDEX
+    parent: Sweep.setup (lengths measured, sweep.json written), then N workers:
+        python -m dsbs_jax.experiments.workers OUT/workers.json INDEX
     worker: the same Sweep, set up once; walks the planned runs, most expensive first, and takes
         each run whose claim file OUT/claims/<method>_<fraction>_<seed> it creates first
         (O_CREAT | O_EXCL), so no run is trained twice and a worker never idles while work is
@@ -9,24 +9,25 @@
 
 Each worker runs XLA and TensorFlow on one thread: small students do not speed up with more
 threads per step, and N single-threaded processes keep N cores busy through the Python, input
-pipeline and checkpoint work that one process leaves serial. The persistent compilation cache
-(OUT/.jax_cache) is shared on disk. A run's result depends only on its own seed and settings.
+pipeline and checkpoint work that one process leaves serial. The workers share JAX's persistent
+compilation cache on disk (OUT/.jax_cache, set in their environment). A run's result depends only
+on its own seed and settings.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
+import selectors
 import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from dsbs_jax.report.sweep import Plan, SweepConfig
+from dsbs_jax.errors import UserError
+from dsbs_jax.experiments.config import Plan, SweepConfig
+from dsbs_jax.experiments.sweep import Sweep, config_dict
 
 CONFIG_FILE = "workers.json"
 CLAIMS = "claims"
@@ -43,10 +44,14 @@ _ONE_THREAD_ENV = {
 }
 
 
-def worker_env() -> dict[str, str]:
-    """The parent's environment with every thread pool a worker touches set to one thread."""
+def worker_env(out: str) -> dict[str, str]:
+    """The parent's environment with every thread pool a worker touches set to one thread, and
+    JAX's persistent compilation cache in OUT/.jax_cache."""
     env = dict(os.environ)
     env.update(_ONE_THREAD_ENV)
+    env["JAX_COMPILATION_CACHE_DIR"] = os.path.join(out, ".jax_cache")
+    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    env["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
     env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + _ONE_THREAD_XLA).strip()
     return env
 
@@ -63,11 +68,11 @@ def run_in_workers(config: SweepConfig, n: int, log: Callable[[str], None]) -> N
     os.makedirs(claims)
     path = os.path.join(out, CONFIG_FILE)
     with open(path, "w", encoding="utf-8") as f:
-        json.dump(dataclasses.asdict(config), f, indent=1, sort_keys=True)
-    env = worker_env()
+        json.dump(config_dict(config), f, indent=1, sort_keys=True)
+    env = worker_env(out)
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "dsbs_jax.report.workers", path, str(i)],
+            [sys.executable, "-m", "dsbs_jax.experiments.workers", path, str(i)],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -80,15 +85,11 @@ def run_in_workers(config: SweepConfig, n: int, log: Callable[[str], None]) -> N
     codes = [p.wait() for p in procs]
     shutil.rmtree(claims, ignore_errors=True)
     if any(codes):
-        from dsbs_jax.errors import UserError
-
         raise UserError(f"sweep workers exited with {codes}; rerun the same command to resume")
 
 
 def _relay(procs: list[subprocess.Popen], log: Callable[[str], None]) -> None:
     """Passes the workers' progress lines to `log` as they come (and other output as is)."""
-    import selectors
-
     sel = selectors.DefaultSelector()
     for i, p in enumerate(procs):
         sel.register(p.stdout, selectors.EVENT_READ, i)
@@ -118,15 +119,13 @@ def _claim(out: str, plan: Plan) -> bool:
 
 def worker_main(config_path: str, index: int) -> int:
     """One worker: set up the sweep, then claim and run planned runs until none is left."""
-    from dsbs_jax.report.sweep import Sweep, SweepConfig
-
     with open(config_path, encoding="utf-8") as f:
         values = json.load(f)
     values["workers"] = 1
     config = SweepConfig(**values)
     sweep = Sweep(config, log=lambda s: print("@" + s, flush=True))
     t0 = time.perf_counter()
-    sweep._setup()
+    sweep.setup()
     plans = sweep.plans()
     todo = sorted(sweep.todo(plans), key=_cost, reverse=True)
     print(f"@set up in {time.perf_counter() - t0:.1f} s", flush=True)

@@ -1,0 +1,126 @@
+"""Scoring a student on a sweep's test set, in memory at the end of its run (a trainer hook).
+
+The direct answer is what `predict: <input>` decodes to. Rationale-then-answer decodes
+`explain: <input>` and reads the answer out of the generated rationale: first with the card's
+parse rule (a student that learned to write the answer marker, as a teacher does), else, where
+the rationale ends in a computation (`... 4 + 1 = 5.`), the result of its last `=`. A rationale
+with neither has no answer and counts as wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+from clu import metric_writers
+
+from dsbs_jax import metrics
+from dsbs_jax.data.cards import TaskCard
+from dsbs_jax.data.text import LABEL_PREFIX, RATIONALE_PREFIX
+from dsbs_jax.records import OK
+from dsbs_jax.teacher.parse import parse_output
+from dsbs_jax.train import evaluation
+from dsbs_jax.train.hooks import Hook, RunState
+
+_LAST_RESULT = re.compile(r"=\s*(-?\d+(?:\.\d+)?)(?!.*=)", re.DOTALL)
+
+
+def answer_from_rationale(text: str, card: TaskCard) -> str:
+    """The answer a generated rationale commits to ("" if it commits to none)."""
+    _, label, status = parse_output(text, card.parse)
+    if status == OK:
+        return label
+    m = _LAST_RESULT.search(text)
+    return m.group(1) if m else ""
+
+
+def accuracy(predictions: Sequence[str], golds: Sequence[str], metric: str = "accuracy") -> float:
+    """Percentage of predictions equal to gold under the card's metric."""
+    return metrics.accuracy(list(golds), list(predictions), metric)
+
+
+def rationale_accuracy(
+    rationales: Sequence[str], golds: Sequence[str], card: TaskCard
+) -> tuple[float, list[str]]:
+    """Accuracy (%) of the answers read from generated rationales, and those answers."""
+    answers = [answer_from_rationale(t, card) for t in rationales]
+    return accuracy(answers, golds, card.metric), answers
+
+
+class ScoreTestSet(Hook):
+    """At the end of a run: decodes `predict:` (and, with `explain`, `explain:`) for the test set
+    with the run's final parameters, scores them against gold, writes
+    MODEL_DIR/test_predictions.jsonl and keeps the scores in `self.result`."""
+
+    def __init__(
+        self,
+        test: list[dict[str, str]],
+        card: TaskCard,
+        vocab,
+        lengths: dict[str, int],
+        explain: bool,
+        cache: dict,
+    ):
+        self.test, self.card, self.vocab, self.lengths = test, card, vocab, lengths
+        self.explain, self.cache = explain, cache
+        self.result: dict[str, Any] = {}
+        self.seconds = 0.0
+
+    def _decode(self, state: RunState, prefix: str, length: int) -> list[str]:
+        data = state.mesh.shape["data"]
+        batch = int(math.ceil(min(len(self.test), 256) / data) * data)
+        fn = evaluation.decoder(state.model, length, self.cache)
+        texts = [prefix + ex["input"] for ex in self.test]
+        with state.mesh, nn.logical_axis_rules(state.rules):
+            out, _ = evaluation.decode_texts(
+                fn, state.params, self.vocab, texts, self.lengths["inputs"], batch
+            )
+        return out
+
+    def on_end(self, state: RunState) -> None:
+        t0 = time.perf_counter()
+        golds = [ex["gold_label"] for ex in self.test]
+        predictions = self._decode(state, LABEL_PREFIX, self.lengths["labels"])
+        result: dict[str, Any] = {
+            "accuracy": accuracy(predictions, golds, self.card.metric),
+            "predictions": predictions,
+        }
+        if self.explain:
+            rationales = self._decode(state, RATIONALE_PREFIX, self.lengths["rationales"])
+            acc, answers = rationale_accuracy(rationales, golds, self.card)
+            result |= {"rationale_accuracy": acc, "rationales": rationales, "answers": answers}
+        self.result = result
+        scalars = {
+            f"test/{k}": result[k] for k in ("accuracy", "rationale_accuracy") if k in result
+        }
+        writer = metric_writers.create_default_writer(
+            os.path.join(state.model_dir, "eval"), just_logging=not state.is_main
+        )
+        writer.write_scalars(state.step, scalars)
+        writer.close()
+        if state.is_main:
+            self._write(state.model_dir, result)
+        self.seconds = time.perf_counter() - t0
+
+    def _write(self, model_dir: str, result: dict[str, Any]) -> None:
+        path = os.path.join(model_dir, "test_predictions.jsonl")
+        with open(path + ".tmp", "w", encoding="utf-8") as f:
+            for i, ex in enumerate(self.test):
+                row = {
+                    "id": ex["id"],
+                    "gold": ex["gold_label"],
+                    "prediction": result["predictions"][i],
+                }
+                if "rationales" in result:
+                    row |= {
+                        "rationale": result["rationales"][i],
+                        "rationale_answer": result["answers"][i],
+                    }
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        os.replace(path + ".tmp", path)

@@ -1,0 +1,282 @@
+"""`dsbs sweep`: every method at every training-set size and seed, same model and budget.
+
+A thin driver over the trainer:
+
+    for each planned run (method, fraction, seed), skipping runs already in OUT/results.jsonl:
+        gin = models/<model>.gin + runs/sweep.gin + the run's bindings (MODEL_DIR, mixture,
+              TRAIN_SPLIT = train[:N], steps, batch, seed, lengths, optimizer)
+        trainer.train(hooks=[ScoreTestSet]): trains, then scores the test set in memory
+        append the run's line to OUT/results.jsonl
+    (`dsbs_jax.report` then writes OUT/report.md, OUT/table.md and OUT/accuracy.png)
+
+Each run's MODEL_DIR/config.gin is its complete config. Runs alike (same model, steps and
+shapes) share the trainer's jitted programs and decoders through one cache, so they compile
+once per sweep. What the methods are and what the budget means: `experiments.config`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import shutil
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+
+from dsbs_jax import metrics
+from dsbs_jax.data import tasks as tasks_lib
+from dsbs_jax.data import vocab as vocab_lib
+from dsbs_jax.data.cards import load_card
+from dsbs_jax.errors import UserError
+from dsbs_jax.experiments import data as data_lib
+from dsbs_jax.experiments.config import Plan, SweepConfig, plan_runs
+from dsbs_jax.experiments.scoring import ScoreTestSet
+from dsbs_jax.model.t5 import T5Config
+from dsbs_jax.report import results as results_lib
+from dsbs_jax.report.results import SWEEP_FILE
+from dsbs_jax.train import gin_utils, trainer
+
+RUN_GIN = "runs/sweep.gin"
+
+
+def model_gin(name: str) -> str:
+    """The gin file of a model: `quickstart` -> models/quickstart.gin, or a .gin path."""
+    if name.endswith(".gin"):
+        if not os.path.isfile(name):
+            raise UserError(f"--model {name}: no such gin file")
+        return os.path.abspath(name)
+    folder = gin_utils.PACKAGE_GIN_DIR / "models"
+    if not (folder / f"{name}.gin").is_file():
+        known = ", ".join(sorted(p.stem for p in folder.glob("*.gin")))
+        raise UserError(f"--model {name!r}: not a model gin; known: {known}")
+    return f"models/{name}.gin"
+
+
+class CompileTimer:
+    """Sums JAX's trace, lowering and XLA-compile durations (jax.monitoring events) while open."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def _on_event(self, event: str, duration: float, **_: Any) -> None:
+        if event.startswith("/jax/core/compile/"):
+            key = event.rsplit("/", 1)[-1].replace("_duration", "")
+            self.seconds[key] = self.seconds.get(key, 0.0) + duration
+
+    def __enter__(self) -> CompileTimer:
+        jax.monitoring.register_event_duration_secs_listener(self._on_event)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        jax.monitoring.unregister_event_duration_listener(self._on_event)
+
+    def take(self) -> dict[str, float]:
+        out, self.seconds = self.seconds, {}
+        return out
+
+
+def _step_seconds(model_dir: str) -> float | None:
+    """Seconds per step after the first logged window (which holds the compile), from the log."""
+    path = os.path.join(model_dir, "train", "metrics.jsonl")
+    try:
+        rows = [json.loads(line) for line in open(path, encoding="utf-8") if line.strip()]
+    except OSError:
+        return None
+    rates = [r["steps_per_second"] for r in rows[1:] if r.get("steps_per_second")]
+    return 1.0 / statistics.median(rates) if rates else None
+
+
+class Sweep:
+    """Plans, runs (resumably) and records one sweep. `setup()` first, then `run_plans`."""
+
+    def __init__(self, config: SweepConfig, log: Callable[[str], None] = print):
+        self.cfg = config
+        self.log = log
+        self.out = os.path.abspath(config.out)
+        self.cache: dict = {}  # jitted programs, decoders and optimizers shared by runs alike
+        os.makedirs(self.out, exist_ok=True)
+
+    # ---- set-up
+    def setup(self) -> None:
+        """Registers the task's data, measures lengths and the train set, loads the test set,
+        and writes (or, resuming, checks) OUT/sweep.json."""
+        cfg = self.cfg
+        self.card = load_card(cfg.task)
+        self.model_gin = model_gin(cfg.model)
+        tasks_lib.register_card_tasks(self.card, cfg.data_dir, cfg.vocabulary)
+        self.dsbs_mixture = tasks_lib.register_dsbs_mixture(self.card.name, cfg.alpha)
+        self.vocab = vocab_lib.get_vocabulary(f"{self.card.name}_label")
+        self.lengths = cfg.lengths or data_lib.lengths_for(
+            self.card.name, cfg.data_dir, self.vocab, self.card
+        )
+        cfg.lengths = dict(self.lengths)
+        self.total = data_lib.train_size(self.card.name, cfg.data_dir)
+        self.test = data_lib.test_set(self.card.name, cfg.data_dir, cfg.test_examples)
+        self._write_info()
+
+    def _write_info(self) -> None:
+        path = os.path.join(self.out, SWEEP_FILE)
+        core = self.cfg.core()
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                old = json.load(f).get("core", {})
+            diff = [k for k in core if old.get(k) != core[k]]
+            if diff:
+                k = diff[0]
+                raise UserError(
+                    f"{path}: this folder holds a sweep with other settings ({k}: {old.get(k)!r}, "
+                    f"now {core[k]!r}); use another --out, or the same settings to resume"
+                )
+        answered = [ex for ex in self.test if ex["status"] == "ok"]
+        correct = sum(
+            metrics.label_correct(ex["teacher_label"], ex["gold_label"], self.card.metric)
+            for ex in answered
+        )
+        self.teacher_accuracy = 100.0 * correct / len(self.test) if answered else None
+        info = {
+            "core": core,
+            "methods": list(self.cfg.methods),
+            "fractions": list(self.cfg.fractions),
+            "seeds": self.cfg.seeds,
+            "train_size": self.total,
+            "test_examples": len(self.test),
+            "teacher_test_accuracy": self.teacher_accuracy,
+            "model_gin": self.model_gin,
+            "model_config": dataclasses.asdict(self.model_config()),
+        }
+        tmp = f"{path}.{os.getpid()}.tmp"  # workers write it too
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(info, f, indent=1, sort_keys=True)
+        os.replace(tmp, path)
+
+    def model_config(self) -> T5Config:
+        """The student's hyperparameters, as its model gin sets them."""
+        with gin_utils.scoped_config([self.model_gin], []):
+            return T5Config()
+
+    def plans(self) -> list[Plan]:
+        """Every run of the sweep, in the order they run."""
+        return plan_runs(self.cfg, self.card.name, self.dsbs_mixture, self.total, self.lengths)
+
+    def todo(self, plans: list[Plan]) -> list[Plan]:
+        """The planned runs not yet in the results file."""
+        done = {r.key for r in results_lib.read_results(self.out)}
+        return [p for p in plans if results_lib.run_key(p.method, p.fraction, p.seed) not in done]
+
+    # ---- one run
+    def bindings(self, plan: Plan, model_dir: str) -> list[str]:
+        """The run's gin bindings on top of the model gin and runs/sweep.gin."""
+        cfg = self.cfg
+        values = {
+            "MODEL_DIR": model_dir,
+            "MIXTURE_OR_TASK_NAME": plan.mixture,
+            "TASK_FEATURE_LENGTHS": {"inputs": plan.input_length, "targets": plan.target_length},
+            "TRAIN_STEPS": plan.steps,
+            "BATCH_SIZE": plan.rows,
+            "RANDOM_SEED": plan.seed,
+            "TRAIN_SPLIT": f"train[:{plan.train_examples}]",
+            "PACK": plan.pack,
+            "LEARNING_RATE": cfg.learning_rate,
+            "WARMUP_STEPS": min(cfg.warmup_steps, plan.steps - 1),
+            "WEIGHT_DECAY": cfg.weight_decay,
+            "LOG_EVERY": max(1, plan.steps // 5),
+            "INITIAL_CHECKPOINT_PATH": cfg.initial_checkpoint,
+            "VOCABULARY_PATH": cfg.vocabulary,
+        }
+        return [f"{k} = {v!r}" for k, v in values.items()]
+
+    def run_one(self, plan: Plan) -> results_lib.RunResult:
+        """Trains and scores one run; its MODEL_DIR starts empty."""
+        model_dir = os.path.join(self.out, "runs", *plan.model_dir_parts)
+        if os.path.exists(model_dir):
+            shutil.rmtree(model_dir)  # an unfinished run: start it again from scratch
+        os.makedirs(model_dir)
+        score = ScoreTestSet(
+            self.test,
+            self.card,
+            self.vocab,
+            self.lengths,
+            explain=self.cfg.score_rationale and plan.method == "dsbs",
+            cache=self.cache,
+        )
+        config = gin_utils.scoped_config([self.model_gin, RUN_GIN], self.bindings(plan, model_dir))
+        with config, CompileTimer() as timer:
+            t0 = time.perf_counter()
+            with (
+                open(os.path.join(model_dir, "train.log"), "w") as log_file,
+                contextlib.redirect_stdout(log_file),
+            ):
+                result = trainer.train(
+                    data_dir=self.cfg.data_dir, hooks=[score], programs=self.cache
+                )
+            seconds = time.perf_counter() - t0
+            compile_s = sum(timer.take().values())
+        per_step = _step_seconds(model_dir)
+        steps_s = per_step * plan.steps if per_step else None
+        timing = {  # seconds: training (of which steps, and compiling), then test scoring
+            "train": round(seconds - score.seconds, 3),
+            "train_steps": round(steps_s, 3) if steps_s else None,
+            "compile": round(compile_s, 3),
+            "scoring": round(score.seconds, 3),
+        }
+        ev = score.result
+        return results_lib.RunResult(
+            method=plan.method,
+            fraction=plan.fraction,
+            seed=plan.seed,
+            train_examples=plan.train_examples,
+            steps=result.step,
+            accuracy=round(ev["accuracy"], 4),
+            rationale_accuracy=(
+                round(ev["rationale_accuracy"], 4) if "rationale_accuracy" in ev else None
+            ),
+            test_examples=len(self.test),
+            seconds=round(seconds, 3),
+            timing={k: v for k, v in timing.items() if v is not None},
+            model_dir=os.path.relpath(model_dir, self.out),
+        )
+
+    # ---- many runs
+    def run_plans(
+        self, todo: list[Plan], total: int, claim: Callable[[Plan], bool] | None = None
+    ) -> None:
+        """Runs `todo` in order (skipping those `claim` refuses), appending each result; the log
+        counts finished runs out of `total`."""
+        t0 = time.perf_counter()
+        for plan in todo:
+            if claim is not None and not claim(plan):
+                continue
+            r = self.run_one(plan)
+            results_lib.append_result(self.out, r)
+            done = len(results_lib.read_results(self.out))
+            extra = (
+                f", rationale->answer {r.rationale_accuracy:.1f}%"
+                if r.rationale_accuracy is not None
+                else ""
+            )
+            self.log(
+                f"[{done}/{total}] {plan.method} {plan.train_examples} ex seed {plan.seed}: "
+                f"accuracy {r.accuracy:.1f}%{extra} ({r.seconds:.1f} s, of which compile "
+                f"{r.timing['compile']:.1f}; elapsed {time.perf_counter() - t0:.0f} s)"
+            )
+
+
+def describe(sweep: Sweep, plans: list[Plan], todo: list[Plan]) -> str:
+    """The sweep's opening log line."""
+    cfg = sweep.cfg
+    return (
+        f"sweep {cfg.task}: {len(plans)} runs ({len(plans) - len(todo)} already done), "
+        f"model {sweep.model_gin}, lengths {sweep.lengths}, train set {sweep.total}, "
+        f"test {len(sweep.test)} examples"
+        + (f", {cfg.workers} worker processes" if cfg.workers > 1 else "")
+    )
+
+
+def config_dict(config: SweepConfig) -> dict[str, Any]:
+    """The config as JSON-ready values (what workers are started with)."""
+    return dataclasses.asdict(config)
