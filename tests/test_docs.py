@@ -28,6 +28,8 @@ import os
 import pathlib
 import re
 import shlex
+import subprocess
+import sys
 
 import pytest
 
@@ -159,8 +161,9 @@ def _tokens(command: str) -> tuple[list[str], list[str]]:
     (environment assignments) are dropped."""
     required, every, depth = [], [], 0
     for token in shlex.split(command, comments=True):
-        opens, closes = token.startswith("["), token.endswith("]")
-        clean = token.strip("[]")
+        opens = token.startswith("[")
+        closes = token.endswith("]") and (depth > 0 or opens)  # not `train[:25%]`
+        clean = token[opens : len(token) - closes]
         depth += opens
         if clean:
             every.append(clean)
@@ -225,6 +228,15 @@ def check_flags(command: str, where: str) -> None:
         known = _script_flags(script)
         for flag in _flags(args[1:]):
             assert flag in known, f"{where}: {args[0]} has no flag {flag}"
+    elif program.endswith(".sh") and (REPO / program).is_file():
+        # a launcher: its own flags before `--`, `dsbs train`'s after it
+        cut = args.index("--") if "--" in args else len(args)
+        text = (REPO / program).read_text()
+        known = {f for alts in re.findall(r"^\s*([-\w|]+)\)", text, re.M) for f in alts.split("|")}
+        for flag in _flags(args[:cut]):
+            assert flag in known, f"{where}: {program} has no flag {flag}"
+        if cut < len(args) and "t5x" not in args[:cut]:
+            check_flags(shlex.join(["dsbs", "train", *args[cut + 1 :]]), where)
     elif program == "make":
         targets = re.findall(r"^([\w-]+):", (REPO / "Makefile").read_text(), re.M)
         for target in args:
@@ -346,8 +358,8 @@ def run_command(command: str, ws: pathlib.Path, dry_run: bool, where: str) -> No
     tokens, _ = _tokens(_rewrite(command, ws))
     tokens = [os.path.expandvars(t) for t in tokens]
     program, args = tokens[0], tokens[1:]
-    if dry_run:
-        args.append("--dry_run")
+    if dry_run:  # before a launcher's `--`, after which the trainer's arguments come
+        args.insert(args.index("--") if "--" in args else len(args), "--dry_run")
     if program == "dsbs":
         args += OVERRIDES.get(args[0], [])
         with _fresh_settings():
@@ -355,6 +367,18 @@ def run_command(command: str, ws: pathlib.Path, dry_run: bool, where: str) -> No
         assert rc == 0, f"{where}: `dsbs {' '.join(args)}` exited {rc}"
     elif program == "python" and args[:1] == ["-c"]:
         exec(compile(args[1], where, "exec"), {"__name__": "__doc_snippet__"})
+    elif (REPO / program).is_file() or (program == "python" and (REPO / args[0]).is_file()):
+        # a script of the repository (launch/*.sh, bench/*.py), in its own process
+        script = (
+            [sys.executable, str(REPO / args[0]), *args[1:]]
+            if program == "python"
+            else [
+                str(REPO / program),
+                *args,
+            ]
+        )
+        done = subprocess.run(script, cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, f"{where}: {shlex.join(script)}: {done.stderr[-2000:]}"
     else:
         raise AssertionError(f"{where}: the test does not know how to run {program!r}")
 
