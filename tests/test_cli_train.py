@@ -118,6 +118,17 @@ def test_prepare_train_eval_predict(svamp_data, tmp_path, capsys):
     assert [p["id"] for p in preds] == [0, "b"]
     assert all(isinstance(p["prediction"], str) and isinstance(p["rationale"], str) for p in preds)
 
+    # export: sizes from MODEL_DIR/config.gin, and the run's own vocabulary (svamp's) by default
+    import gin
+
+    gin.clear_config()
+    out_dir = tmp_path / "hf"
+    argv = ["export", "--checkpoint", str(model_dir), "--out", str(out_dir)]
+    assert cli.main([*argv, f"--tfds_data_dir={svamp_data}"]) == 0
+    spm = svamp_data / "dsbs_svamp" / "spm.model"
+    assert (out_dir / "spiece.model").read_bytes() == spm.read_bytes()
+    assert f"spiece.model <- {spm}" in capsys.readouterr().out
+
 
 def test_train_bad_input_is_one_line(tmp_path, capsys):
     rc = cli.main(["train", "--gin_file=runs/does_not_exist.gin"])
