@@ -377,7 +377,7 @@ def run_command(command: str, ws: pathlib.Path, dry_run: bool, where: str) -> No
                 *args,
             ]
         )
-        done = subprocess.run(script, cwd=REPO, capture_output=True, text=True, timeout=300)
+        done = subprocess.run(script, capture_output=True, text=True, timeout=300)  # in ws/repo
         assert done.returncode == 0, f"{where}: {shlex.join(script)}: {done.stderr[-2000:]}"
     else:
         raise AssertionError(f"{where}: the test does not know how to run {program!r}")
