@@ -28,7 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sweep": ("sweep", "train methods x data fractions x seeds and write a report"),
     "report": ("report", "rebuild a sweep report (tables and plots) from finished runs"),
     "quickstart": ("quickstart", "the whole method end to end on the built-in task"),
-    "export": ("export", "export a checkpoint (Hugging Face format)"),
+    "export": ("export", "export a checkpoint as a Hugging Face model or a T5X checkpoint"),
 }
 
 

@@ -85,6 +85,28 @@ def test_prepare_from_records_files(shared_data, tmp_path, capsys):
     assert (out_dir / "dsbs_svamp" / "1.0.0" / "dataset_info.json").exists()
 
 
+@pytest.mark.parametrize("name", ["validation", "valid"])
+def test_prepare_records_validation_names(shared_data, tmp_path, capfd, name):
+    """Both names give the validation split (svamp has no released one to map to)."""
+    card = load_card("svamp")
+    records = read_released(card, shared_data / "svamp", "test")[:40]
+    train, val = tmp_path / "train.jsonl", tmp_path / "val.jsonl"
+    write_records(train, records[:30])
+    write_records(val, records[30:])
+    argv = ["prepare", "svamp", "--records", f"train={train}", "--records", f"{name}={val}"]
+    assert main([*argv, "--data_dir", str(tmp_path / "out")]) == 0
+    captured = capfd.readouterr()
+    assert "train=30 validation=10" in captured.out
+    assert "10% of released" not in captured.out  # nothing carved: the file is the split
+    assert "Downloading and preparing" not in captured.out + captured.err
+
+
+def test_prepare_records_bad_split_name(tmp_path, capsys):
+    argv = ["prepare", "svamp", "--records", "dev=x.jsonl", "--data_dir", str(tmp_path)]
+    assert main(argv) == 2
+    _one_line_error(capsys, "unknown split 'dev'")
+
+
 def test_tasks_json(capsys):
     assert main(["tasks", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)

@@ -49,7 +49,7 @@ def test_prepare_train_eval_predict(svamp_data, tmp_path, capsys):
             "--gin.BATCH_SIZE=8",
             "--gin.EVAL_PERIOD=30",
             "--gin.train.eval_examples=8",
-            "--gin.train.test_split=None",
+            "--gin.train.test_split='test[:8]'",
             "--gin.train.log_every=10",
         ]
     )
@@ -62,7 +62,16 @@ def test_prepare_train_eval_predict(svamp_data, tmp_path, capsys):
     assert rows[-1]["loss"] < rows[0]["loss"]
     assert list((model_dir / "train").glob("events.out.tfevents.*"))
     assert list((model_dir / "eval").glob("events.out.tfevents.*"))
-    capsys.readouterr()
+    # validation and the test slice, both scored at step 30: one predictions file each, and
+    # each metrics line names its split
+    inference = model_dir / "inference_eval"
+    assert (inference / "svamp_label-validation-000030.jsonl").is_file()
+    assert len((inference / "svamp_label-test_8-000030.jsonl").read_text().splitlines()) == 8
+    lines = [
+        json.loads(x) for x in (inference / "svamp_label-metrics.jsonl").read_text().splitlines()
+    ]
+    assert [(m["step"], m["split"]) for m in lines] == [(30, "validation"), (30, "test[:8]")]
+    assert "finished at step 30" in capsys.readouterr().out
 
     rc = cli.main(
         [
@@ -109,6 +118,17 @@ def test_prepare_train_eval_predict(svamp_data, tmp_path, capsys):
     assert [p["id"] for p in preds] == [0, "b"]
     assert all(isinstance(p["prediction"], str) and isinstance(p["rationale"], str) for p in preds)
 
+    # export: sizes from MODEL_DIR/config.gin, and the run's own vocabulary (svamp's) by default
+    import gin
+
+    gin.clear_config()
+    out_dir = tmp_path / "hf"
+    argv = ["export", "--checkpoint", str(model_dir), "--out", str(out_dir)]
+    assert cli.main([*argv, f"--tfds_data_dir={svamp_data}"]) == 0
+    spm = svamp_data / "dsbs_svamp" / "spm.model"
+    assert (out_dir / "spiece.model").read_bytes() == spm.read_bytes()
+    assert f"spiece.model <- {spm}" in capsys.readouterr().out
+
 
 def test_train_bad_input_is_one_line(tmp_path, capsys):
     rc = cli.main(["train", "--gin_file=runs/does_not_exist.gin"])
@@ -129,6 +149,29 @@ def test_train_bad_input_is_one_line(tmp_path, capsys):
     assert rc == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no_such_task" in err[0]
+
+
+@pytest.mark.parametrize(
+    "command, gin_file, missing",
+    [("train", "runs/dsbs.gin", "MODEL_DIR"), ("eval", "runs/eval.gin", "CHECKPOINT_PATH")],
+)
+def test_missing_required_macro_is_one_line(capsys, command, gin_file, missing):
+    bindings = {
+        "MODEL_DIR": "/tmp/m",
+        "CHECKPOINT_PATH": "/tmp/m",
+        "MIXTURE_OR_TASK_NAME": "svamp_dsbs",
+        "TASK_FEATURE_LENGTHS": "{'inputs': 8, 'targets': 8}",
+        "TRAIN_STEPS": "1",
+    }
+    bindings.pop(missing)
+    argv = [command, "--gin_file=models/t5_1_1_tiny.gin", f"--gin_file={gin_file}"]
+    rc = cli.main([*argv, *(f"--gin.{k}={v}" for k, v in bindings.items())])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    # the file marking it %gin.REQUIRED (runs/dsbs.gin includes runs/base.gin)
+    where = "runs/base.gin" if command == "train" else gin_file
+    assert f"{where}:" in err and f"{missing} is %gin.REQUIRED" in err
 
 
 def test_user_error_inside_tf_data_tracing_prints_its_own_line():

@@ -46,6 +46,15 @@ def test_inspect_text_and_slices(data_dir, capsys):
     assert "token lengths" in out and "predict: " in out
 
 
+def test_inspect_mixture_slice(data_dir, capsys):
+    argv = ["inspect", "svamp_dsbs", "--split", "train[:25%]", "--data_dir", data_dir, "--json"]
+    assert main([*argv, "--examples", "1"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["split"] == "train[:25%]"
+    assert out["counts"]["svamp_label"]["source_records"] == 180  # a quarter of 720
+    assert set(out["task_shares"]) == {"svamp_label", "svamp_rationale"}
+
+
 def test_inspect_errors(data_dir, tmp_path, capsys):
     assert main(["inspect", "svamp_label", "--data_dir", str(tmp_path / "nope")]) == 2
     assert "no such directory" in capsys.readouterr().err

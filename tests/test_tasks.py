@@ -105,6 +105,31 @@ def test_split_slicing(svamp_dir):
     assert any(gold[e["id"]] != e["targets_pretokenized"] for e in sliced)
 
 
+def test_split_slicing_on_mixtures(svamp_dir):
+    """seqio's own mixture API takes a slice (it keeps a task only when `split in task.splits`)."""
+    mixture = seqio.get_mixture_or_task("svamp_dsbs")
+    ds = mixture.get_dataset(
+        LENGTHS,
+        split="train[:25%]",
+        shuffle=False,
+        num_epochs=1,
+        passthrough_features=["id", "task"],
+    )
+    ids = collections.defaultdict(set)
+    for ex in ds.as_numpy_iterator():
+        ids[ex["task"]].add(ex["id"])
+    quarter = {e["id"] for e in _examples("svamp_gold_label", "train[:25%]")}
+    assert set(ids) == {b"svamp_label", b"svamp_rationale"}
+    assert len(quarter) == 180  # a quarter of the 720 train records
+    assert ids[b"svamp_label"] and ids[b"svamp_label"] <= quarter
+    assert ids[b"svamp_rationale"] and ids[b"svamp_rationale"] <= quarter
+    splits = seqio.get_mixture_or_task("svamp_label").splits
+    assert "train[:25%]" in splits and "validation[:10]+test" in splits
+    assert "bogus[:10]" not in splits and "train+bogus" not in splits
+    with pytest.raises(ValueError, match="No datasets have a 'bogus"):
+        mixture.get_dataset(LENGTHS, split="bogus[:10%]")
+
+
 @pytest.mark.parametrize("name, label_share", [("svamp_dsbs", 0.5), ("svamp_dsbs_a80", 0.8)])
 def test_mixture_shares(svamp_dir, name, label_share):
     ds = seqio.get_mixture_or_task(name).get_dataset(

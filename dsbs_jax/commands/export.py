@@ -8,14 +8,18 @@ The network's sizes come from the gin model file (or MODEL_DIR/config.gin when n
 is given, or the HF config.json); the vocabulary size and whether the output layer is tied come
 from the checkpoint itself. `--format hf` writes config.json + model.safetensors, and copies the
 sentencepiece model as spiece.model when one is known (--vocabulary, else the gin macro
-VOCABULARY_PATH, else $DSBS_VOCAB). `--format t5x` writes MODEL_DIR/checkpoint_<step>/ in
+VOCABULARY_PATH, else $DSBS_VOCAB, else the vocabulary the run trained with: the VOCABULARY_PATH
+or the MIXTURE_OR_TASK_NAME in MODEL_DIR/config.gin, its data under --tfds_data_dir or
+$DSBS_DATA_DIR). `--format t5x` writes MODEL_DIR/checkpoint_<step>/ in
 T5X's msgpack + tensorstore layout (or `--t5x_layout orbax`).
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import os
+import re
 
 from dsbs_jax.errors import UserError
 from dsbs_jax.train import gin_utils
@@ -24,12 +28,21 @@ ACCEPTS_GIN_BINDINGS = True
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--format", choices=("hf", "t5x"), default="hf", help="output format")
+    parser.add_argument(
+        "--format",
+        choices=("hf", "t5x"),
+        default="hf",
+        help="hf: a Hugging Face transformers T5 directory (default); t5x: a T5X checkpoint",
+    )
     parser.add_argument(
         "--checkpoint", required=True, help="MODEL_DIR, checkpoint_<step>, T5X or HF checkpoint"
     )
     parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--vocabulary", default=None, help="sentencepiece model to copy (hf)")
+    parser.add_argument(
+        "--vocabulary",
+        default=None,
+        help="sentencepiece model to copy as spiece.model (hf; default: the run's own)",
+    )
     parser.add_argument(
         "--dtype", choices=("float32", "bfloat16"), default=None, help="cast the weights (hf)"
     )
@@ -105,7 +118,50 @@ def _model_config(args, kind: str, native: str | None):
         raise UserError(f"gin: the model config is incomplete ({e})") from None
 
 
-def _vocabulary(args) -> str | None:
+def _config_macro(config_gin: str, name: str):
+    """A macro's literal value in a run's config.gin (`NAME = 'value'`), else None."""
+    pattern = re.compile(rf"^{name}\s*=\s*(.+)$")
+    with open(config_gin) as f:
+        for line in f:
+            found = pattern.match(line.strip())
+            if found:
+                try:
+                    return ast.literal_eval(found.group(1))
+                except (ValueError, SyntaxError):
+                    return None
+    return None
+
+
+def _run_vocabulary(args, native: str | None) -> str | None:
+    """The sentencepiece model the run trained with: its VOCABULARY_PATH, else the vocabulary
+    of its MIXTURE_OR_TASK_NAME under --tfds_data_dir / $DSBS_DATA_DIR (None if not found)."""
+    if native is None:
+        return None
+    config_gin = os.path.join(os.path.dirname(os.path.dirname(native)), "config.gin")
+    if not os.path.isfile(config_gin):
+        return None
+    path = _config_macro(config_gin, "VOCABULARY_PATH")
+    if path:
+        return path
+    name = _config_macro(config_gin, "MIXTURE_OR_TASK_NAME")
+    if not isinstance(name, str):
+        return None
+    import seqio
+
+    import dsbs_jax.tasks  # noqa: F401 - registers the tasks
+    from dsbs_jax.data.vocab import get_vocabulary
+
+    if args.tfds_data_dir:
+        seqio.set_tfds_data_dir_override(args.tfds_data_dir)
+    try:
+        path = get_vocabulary(name).sentencepiece_model_file
+    except ValueError:  # a task this process does not know
+        return None
+    return path if path and os.path.isfile(path) else None
+
+
+def _vocabulary(args, native: str | None) -> str | None:
+    """--vocabulary, else the gin macro VOCABULARY_PATH, else $DSBS_VOCAB, else the run's own."""
     import gin
 
     if args.vocabulary:
@@ -116,7 +172,7 @@ def _vocabulary(args) -> str | None:
         path = gin.query_parameter("%VOCABULARY_PATH")
     except ValueError:
         path = None
-    return path or os.environ.get("DSBS_VOCAB") or None
+    return path or os.environ.get("DSBS_VOCAB") or _run_vocabulary(args, native)
 
 
 def run(args) -> int:
@@ -150,13 +206,16 @@ def run(args) -> int:
     fitted = interop.fit_to(params, nn.meta.unbox(abstract), args.checkpoint)
     params = traverse_util.unflatten_dict(fitted)
     if args.format == "hf":
-        vocab = _vocabulary(args)
+        vocab = _vocabulary(args, native)
         hf.save_hf(params, config, args.out, vocab_path=vocab, dtype=args.dtype)
         print(f"wrote {args.out} (Hugging Face T5, {kind} source, vocab {config.vocab_size})")
         if vocab:
             print(f"  spiece.model <- {vocab}")
         else:
-            print("  no vocabulary copied (give --vocabulary PATH to add spiece.model)")
+            print(
+                "  no vocabulary copied: none found for this checkpoint (give --vocabulary "
+                "PATH, or --tfds_data_dir where the run's data and vocabulary are)"
+            )
     else:
         step = args.step if args.step is not None else _step_of(native)
         where = t5x.save_t5x(params, args.out, step, layout=args.t5x_layout)

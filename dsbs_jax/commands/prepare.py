@@ -26,14 +26,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+SPLIT_NAMES = {"train": "train", "valid": "validation", "validation": "validation", "test": "test"}
+
+
 def parse_records_flags(values: list[str]) -> dict[str, str]:
-    """`train=a.jsonl` flags -> {"train": "a.jsonl"}."""
+    """`train=a.jsonl` flags -> {"train": "a.jsonl"}; `valid=` and `validation=` both give
+    "validation"."""
     out = {}
     for v in values:
         split, sep, path = v.partition("=")
         if not sep or not split or not path:
             raise UserError(f"--records {v!r}: expected SPLIT=FILE.jsonl")
-        out[split] = path
+        name = SPLIT_NAMES.get(split.strip())
+        if name is None:
+            raise UserError(
+                f"--records {v!r}: unknown split {split!r} (train, valid or validation, test)"
+            )
+        if name in out:
+            raise UserError(f"--records {v!r}: a second file for the {name} split")
+        out[name] = path
     return out
 
 

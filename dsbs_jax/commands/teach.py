@@ -65,7 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--retry_max_delay", type=float, default=60.0, help="backoff cap, seconds")
 
     s = parser.add_argument_group("sampling")
-    s.add_argument("--temperature", type=float, help="default 0, or 0.7 with --self_consistency")
+    s.add_argument("--temperature", type=float, help="default 0, or 0.7 when --n > 1")
     s.add_argument("--max_tokens", type=int, default=256)
     s.add_argument(
         "--stop", action="append", help="stop sequence (repeat; default: the card's cut)"

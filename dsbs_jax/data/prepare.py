@@ -47,8 +47,8 @@ def _released_name(card: TaskCard, split: str) -> str:
     if split in card.gold_files:
         return split
     mapped = card.splits.get(split)
-    if mapped is None and split == "validation":
-        mapped = "valid"
+    if mapped is None and split in ("valid", "validation"):  # both names, for every card
+        mapped = card.splits.get("validation") or "valid"
     if mapped is None:
         raise UserError(f"{card.name}: unknown split {split!r} for --records")
     return mapped
@@ -88,7 +88,7 @@ def build_splits(
 ) -> dict[str, list[Record]]:
     """Our train / validation / test splits from the released ones (see the module docstring)."""
     train_name = card.splits.get("train", "train")
-    val_name = card.splits.get("validation")
+    val_name = card.splits.get("validation") or "valid"  # "valid": from --records (cqa, svamp)
     test_name = card.splits.get("test", "test")
     fraction = card.validation_fraction or DEFAULT_VALIDATION_FRACTION
     out: dict[str, list[Record]] = {}
@@ -148,6 +148,14 @@ def _builder_class(name: str, splits: dict[str, list[Record]]) -> type:
         def _generate_examples(self, records):
             for i, r in enumerate(records):
                 yield i, _example(r)
+
+        # TFDS prints "Downloading and preparing dataset ..." and "... downloaded and prepared";
+        # nothing is downloaded here, and `write_tfds` logs what it writes.
+        def _log_download_bytes(self):
+            pass
+
+        def _log_download_done(self):
+            pass
 
     Builder.name = name
     return Builder

@@ -16,7 +16,7 @@ Every example keeps `id` (the record id) and `task` (the task name) next to `inp
 asked: `passthrough_features=["id", "task"]`, `copy_pretokenized=True`.
 
 The source reads the prepared TFDS dataset `dsbs_DS:1.0.0` and passes any split string through
-to TFDS, so `train[:25%]` and `train[:500]` work. Its data dir is resolved at each use (see
+to TFDS, so `train[:25%]` and `train[:500]` work, on tasks and on mixtures alike. Its data dir is resolved at each use (see
 `dsbs_jax.data.paths`): seqio's override, the registration's `data_dir`, $DSBS_DATA_DIR.
 Registration is idempotent: registering a name again replaces it.
 """
@@ -46,6 +46,22 @@ def base_split(split: str) -> str:
     return split.split("[", 1)[0].split("+", 1)[0].strip()
 
 
+class SplitNames(tuple):
+    """A source's split names, where `in` also accepts TFDS split expressions over them.
+
+    seqio's Mixture (and Evaluator) keep a task only when `split in task.splits`; with plain
+    names a slice such as `train[:25%]` matched no task and the mixture refused it.
+    """
+
+    def __contains__(self, split: object) -> bool:
+        if not isinstance(split, str):
+            return False
+        parts = [part.strip() for part in split.split("+")]
+        return all(
+            part and super(SplitNames, self).__contains__(base_split(part)) for part in parts
+        )
+
+
 class _Loader(seqio.utils.LazyTfdsLoader):
     """seqio's TFDS loader with our data-dir rule, resolved at every use (never cached)."""
 
@@ -68,6 +84,11 @@ class DsbsTfdsSource(seqio.TfdsDataSource):
         self._tfds_dataset = _Loader(
             name, data_dir=os.fspath(data_dir) if data_dir is not None else None
         )
+
+    @property
+    def splits(self) -> SplitNames:
+        """The prepared splits; `in` accepts slices of them (`train[:25%]`), so mixtures do."""
+        return SplitNames(super().splits)
 
     def get_dataset(
         self,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -107,6 +108,23 @@ def make_predict_fn(decode_fn: Callable, get_params: Callable[[], Any], batch_si
     return predict_fn
 
 
+class SplitJSONLogger(seqio.JSONLogger):
+    """seqio's JSON logger, told the split: predictions go to `<task>-<split>-<step>.jsonl` (the
+    test split at the last step no longer overwrites validation's file), and every line of
+    `<task>-metrics.jsonl` carries `"split"`."""
+
+    def __init__(self, output_dir: str, split: str = "validation", **kwargs):
+        super().__init__(output_dir, **kwargs)
+        self.split = split
+
+    def __call__(self, task_name, step, metrics, dataset, inferences, targets) -> None:
+        if metrics:  # the metrics line, in the task's one metrics file
+            split = seqio.metrics.Text(textdata=self.split)
+            super().__call__(task_name, step, {"split": split, **metrics}, None, None, None)
+        tag = re.sub(r"[^\w%.-]+", "_", self.split).strip("_")
+        super().__call__(f"{task_name}-{tag}", step, {}, dataset, inferences, targets)
+
+
 def make_evaluator(
     mixture_or_task_name: str,
     split: str,
@@ -116,7 +134,7 @@ def make_evaluator(
     use_cached: bool = False,
 ) -> seqio.Evaluator | None:
     """seqio's Evaluator over the tasks of the mixture that have metrics (None if none do)."""
-    loggers = (seqio.JSONLogger,) if log_dir else ()
+    loggers = (functools.partial(SplitJSONLogger, split=split),) if log_dir else ()
     if log_dir:
         os.makedirs(os.path.join(log_dir, "inference_eval"), exist_ok=True)
     try:

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import pathlib
+import re
 from collections.abc import Iterator, Sequence
 
 import gin
@@ -81,6 +82,7 @@ def parse_gin(
     finally:
         root.setLevel(level)
         prefixes[:] = saved
+    _check_required_macros(files, [*search_paths, str(PACKAGE_GIN_DIR)])
 
 
 @contextlib.contextmanager
@@ -94,6 +96,58 @@ def scoped_config(
         yield
     finally:
         gin.clear_config()
+
+
+_REQUIRED = re.compile(r"^\s*([A-Za-z_][\w.]*)\s*=\s*%gin\.REQUIRED\s*(#.*)?$")
+_INCLUDE = re.compile(r"^\s*include\s+['\"]([^'\"]+)['\"]")
+
+
+def _required_macros(
+    path: str, search_paths: Sequence[str], seen: set[str]
+) -> dict[str, tuple[str, int]]:
+    """{macro: (gin file, line) marking it %gin.REQUIRED}, following `include` lines."""
+    if path in seen or not os.path.isfile(path):
+        return {}
+    seen.add(path)
+    found: dict[str, tuple[str, int]] = {}
+    with open(path) as f:
+        for number, line in enumerate(f, 1):
+            include = _INCLUDE.match(line)
+            if include:
+                try:
+                    inner = _resolve(include.group(1), search_paths)
+                except UserError:
+                    continue  # gin itself already reported a missing include
+                found.update(_required_macros(inner, search_paths, seen))
+            required = _REQUIRED.match(line)
+            if required:
+                found[required.group(1)] = (path, number)
+    return found
+
+
+def _check_required_macros(files: Sequence[str], search_paths: Sequence[str]) -> None:
+    """One line for a `%gin.REQUIRED` macro left unset: its name and the file requiring it."""
+    seen: set[str] = set()
+    required: dict[str, tuple[str, int]] = {}
+    for path in files:
+        required.update(_required_macros(path, search_paths, seen))
+    for name, (path, line) in required.items():
+        try:
+            value = gin.query_parameter(f"%{name}")
+        except ValueError:
+            continue
+        if str(value) == "%gin.REQUIRED":
+            raise UserError(
+                f"{_shown(path)}:{line}: {name} is %gin.REQUIRED and not set; pass --gin.{name}=..."
+            )
+
+
+def _shown(path: str) -> str:
+    """A package gin file as the --gin_file name that finds it (`runs/base.gin`)."""
+    try:
+        return str(pathlib.Path(path).resolve().relative_to(PACKAGE_GIN_DIR))
+    except ValueError:
+        return path
 
 
 def _resolve(path: str, search_paths: Sequence[str]) -> str:
