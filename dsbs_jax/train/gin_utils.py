@@ -40,10 +40,13 @@ def split_gin_args(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     return bindings, rest
 
 
+_REFERENCE = re.compile(r"(^|[\[(,\s])[@%][A-Za-z_]")
+
+
 def _literal_or_string(binding: str) -> str:
     """T5X wants --gin.MODEL_DIR=\\"'/path'\\"; a bare path or name is also taken, as a string."""
     name, value = (s.strip() for s in binding.split("=", 1))
-    if value.startswith(("@", "%")):
+    if _REFERENCE.search(value):  # @configurable or %MACRO, alone or inside a list
         return binding
     try:
         ast.literal_eval(value)
