@@ -216,12 +216,49 @@ def test_killed_run_resumes_with_identical_losses(tmp_path):
     assert not (killed / "checkpoint_40").exists()
     resumed = subprocess.run(_train_cmd(killed, 40), env=env, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+    # The resume line is printed at the default log level, as T5X users expect.
+    assert f"resumed from {killed}/checkpoint_20 (data position 20)" in resumed.stdout
     a, b = _losses(full), _losses(killed)
     assert sorted(a) == sorted(b) == list(range(1, 41))
     np.testing.assert_allclose(
         [b[s] for s in range(21, 41)], [a[s] for s in range(21, 41)], rtol=1e-5
     )
     assert (killed / "checkpoint_40").exists()
+    # Each step once in metrics.jsonl: the steps replayed after the kill replaced their rows.
+    assert _metric_steps(killed) == list(range(1, 41))
+
+
+def _metric_steps(model_dir) -> list[int]:
+    rows = pathlib.Path(model_dir, "train", "metrics.jsonl").read_text().splitlines()
+    return [json.loads(r)["step"] for r in rows]
+
+
+def test_damaged_latest_checkpoint_resumes_from_the_one_before(tmp_path, capsys):
+    """A truncated array file under a commit marker: the run sets that checkpoint aside (kept),
+    says so, resumes from the one before, and ends with the losses of an undamaged run."""
+    from dsbs_jax import cli
+
+    run = tmp_path / "run"
+    argv = _train_cmd(run, 40)[3:]
+    assert cli.main(argv) == 0
+    undamaged = _losses(run)
+    config_before = (run / "config.gin").read_text()
+    data = run / "checkpoint_40" / "params" / "ocdbt.process_0" / "d"
+    biggest = max(data.iterdir(), key=lambda f: f.stat().st_size)
+    with open(biggest, "r+b") as f:
+        f.truncate(biggest.stat().st_size // 2)
+    assert (run / "checkpoint_40" / "commit_success.txt").exists()
+    capsys.readouterr()
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "checkpoint_40 is damaged" in out and "resuming from checkpoint_20" in out
+    assert f"resumed from {run}/checkpoint_20 (data position 20)" in out
+    assert (run / "damaged_checkpoint_40" / "params").is_dir()
+    assert (run / "checkpoint_40" / "params").is_dir()
+    resumed = _losses(run)
+    assert _metric_steps(run) == list(range(1, 41))
+    assert [resumed[s] for s in range(21, 41)] == [undamaged[s] for s in range(21, 41)]
+    assert (run / "config.gin").read_text() == config_before
 
 
 def test_tiny_model_learns_to_reverse_strings(tmp_path):

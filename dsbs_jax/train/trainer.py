@@ -35,6 +35,7 @@ from dsbs_jax.train import (
     multihost,
     optimizers,
     partitioning,
+    run_dir,
 )
 from dsbs_jax.train import step as step_lib
 
@@ -134,14 +135,17 @@ def train(
         raise UserError(
             f"LOSS_WEIGHTING must be one of {losses.WEIGHTINGS}, got {loss_weighting!r}"
         )
+    # Everything is checked before MODEL_DIR is touched; config.gin is written once the state
+    # is restored (run_dir.write_config, below), and only by a run that will train.
+    run_dir.check_train_settings(
+        mixture_or_task_name, task_feature_lengths, train_steps, batch_size, train_split,
+        eval_period=eval_period, log_every=log_every, checkpoint_period=checkpoint_period,
+        eval_batch_size=eval_batch_size, random_seed=random_seed,
+    )  # fmt: skip
     if vocabulary_path:
         vocab_lib.set_vocabulary_override(vocabulary_path)
-    os.makedirs(model_dir, exist_ok=True)
+    model_dir = run_dir.check_model_dir(model_dir)
     is_main = jax.process_index() == 0
-    if is_main:
-        with open(os.path.join(model_dir, "config.gin"), "w") as f:
-            f.write(gin.config_str())
-    input_pipeline.tasks_and_rates(mixture_or_task_name)  # an unknown name fails here, in one line
     config = model_config_for(model_config, mixture_or_task_name)
     model = Transformer(config)
 
@@ -159,6 +163,7 @@ def train(
         model_dir, keep_checkpoints, checkpoint_period, checkpoint_every_secs
     )
     start_step = ckpt.latest_step() or 0
+    run_dir.check_progress(model_dir, start_step, train_steps)
 
     # ---------------------------------------------------------------- input pipeline
     ds, task_names, task_weights = input_pipeline.build_dataset(
@@ -171,7 +176,6 @@ def train(
         use_cached=use_cached_tasks,
         pack=pack,
     )
-    batches = input_pipeline.numpy_batches(ds, start_step=start_step)
     num_tasks = len(task_names)
 
     # ---------------------------------------------------------------- model and optimizer
@@ -198,22 +202,28 @@ def train(
 
     # ---------------------------------------------------------------- state
     with mesh, nn.logical_axis_rules(rules):
+        restored = None
         if start_step:
-            params, opt_state, meta = ckpt.restore(
-                start_step, built.abstract_params, built.abstract_opt
+            restored = checkpoints.restore_newest_readable(
+                ckpt, built.abstract_params, built.abstract_opt, say=run_dir.say_for(is_main)
             )
-            log.info(
-                "resumed from %s/checkpoint_%d (data position %s)",
-                model_dir,
-                start_step,
-                meta.get("data_position"),
+        if restored is not None:
+            start_step, params, opt_state, meta = restored
+            run_dir.say_for(is_main)(
+                f"resumed from {model_dir}/checkpoint_{start_step} "
+                f"(data position {meta.get('data_position')})"
             )
         else:
+            start_step = 0
             if initial_checkpoint_path:
                 params = checkpoints.load_params(initial_checkpoint_path, built.abstract_params)
             else:
                 params = built.init(jax.random.PRNGKey(random_seed))
             opt_state = built.opt_init(params)
+    batches = input_pipeline.numpy_batches(ds, start_step=start_step)
+    if is_main:
+        run_dir.write_config(model_dir, gin.config_str(), start_step, train_steps)
+        run_dir.truncate_metrics(model_dir, start_step)
     batch_sharding = partitioning.data_sharding(mesh)
     dropout_key = jax.random.PRNGKey(random_seed + 1)
 
