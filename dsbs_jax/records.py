@@ -101,9 +101,17 @@ def iter_jsonl(path: os.PathLike | str) -> Iterator[tuple[int, Any]]:
             if not text.strip():
                 continue
             try:
-                yield lineno, json.loads(text)
+                obj = json.loads(text, parse_constant=_no_constant)
             except json.JSONDecodeError as e:
                 raise located(path, lineno, f"invalid JSON: {e.msg} (column {e.colno})") from None
+            except ValueError as e:
+                raise located(path, lineno, str(e)) from None
+            yield lineno, obj
+
+
+def _no_constant(name: str) -> Any:
+    """NaN and Infinity are not JSON; Python's reader takes them, we refuse them."""
+    raise ValueError(f"invalid JSON: {name} is not a JSON value")
 
 
 def read_records(path: os.PathLike | str) -> list[Record]:

@@ -10,12 +10,13 @@ import flax.linen as nn
 import gin
 import numpy as np
 
+from dsbs_jax import atomic
 from dsbs_jax.data import cards as cards_lib
 from dsbs_jax.data import vocab as vocab_lib
 from dsbs_jax.errors import UserError, located
 from dsbs_jax.model.t5 import T5Config, Transformer
 from dsbs_jax.records import iter_jsonl
-from dsbs_jax.train import checkpoints, evaluation, partitioning
+from dsbs_jax.train import checkpoints, evaluation, partitioning, run_dir
 from dsbs_jax.train.trainer import model_config_for
 
 
@@ -45,6 +46,9 @@ def evaluate_checkpoint(
     num_examples: int | None = None,
 ) -> dict[str, float]:
     """Scores a checkpoint on a split with the tasks' metrics; returns `{task/metric: value}`."""
+    run_dir.check_feature_lengths(task_feature_lengths)
+    run_dir.require_int("BATCH_SIZE", batch_size)
+    run_dir.require_int("EVAL_EXAMPLES", num_examples, allow_none=True)
     if vocabulary_path:
         vocab_lib.set_vocabulary_override(vocabulary_path)
     lengths = (task_feature_lengths["inputs"], task_feature_lengths["targets"])
@@ -97,10 +101,17 @@ def predict_file(
     vocabulary_path: str | None = None,
 ) -> int:
     """Writes `{id, input, prediction[, rationale]}` lines for each input; returns the count."""
+    for name, value in (("INPUT_LENGTH", input_length), ("TARGET_LENGTH", target_length)):
+        run_dir.require_int(name, value, minimum=2)
+    run_dir.require_int("BATCH_SIZE", batch_size)
+    if os.path.isdir(output_file):
+        raise UserError(f"--output_file {output_file}: is a directory, expected a file")
     if vocabulary_path:
         vocab_lib.set_vocabulary_override(vocabulary_path)
     card = cards_lib.load_card(task)
     rows = _read_inputs(input_file, card)
+    if not rows:
+        raise UserError(f"{input_file}: no inputs")
     name = f"{card.name}_label"
     vocab = vocab_lib.get_vocabulary(name)
     model, params, mesh, rules = load_model(
@@ -109,10 +120,17 @@ def predict_file(
     decode_fn = evaluation.make_decode_fn(model, target_length)
     batch = max(batch_size // mesh.shape["data"], 1) * mesh.shape["data"]
 
+    cut = 0
+
     def run(prefix: str) -> list[str]:
+        nonlocal cut
         tokens = np.zeros((len(rows), input_length), np.int32)
         for i, r in enumerate(rows):
-            ids = list(vocab.encode(prefix + r["input"]))[: input_length - 1] + [1]
+            ids = list(vocab.encode(prefix + r["input"]))
+            if len(ids) > input_length - 1:
+                cut += prefix == "predict: "
+                ids = ids[: input_length - 1]
+            ids.append(1)
             tokens[i, : len(ids)] = ids
         with mesh, nn.logical_axis_rules(rules):
             outs = evaluation.decode_batches(decode_fn, params, tokens, batch, trim=True)
@@ -120,8 +138,13 @@ def predict_file(
 
     predictions = run("predict: ")
     rationales = run("explain: ") if explain else None
-    os.makedirs(os.path.dirname(os.path.abspath(output_file)), exist_ok=True)
-    with open(output_file, "w", encoding="utf-8") as f:
+    if cut:
+        print(
+            f"{cut} of {len(rows)} inputs are longer than INPUT_LENGTH={input_length} tokens "
+            f"and were cut to it",
+            flush=True,
+        )
+    with atomic.open_atomic(output_file) as f:
         for i, r in enumerate(rows):
             out = {"id": r["id"], "input": r["input"], "prediction": predictions[i]}
             if rationales is not None:
