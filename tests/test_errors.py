@@ -69,6 +69,10 @@ def existing_run(tmp_path) -> pathlib.Path:
         ("--gin.BATCH_SIZE=2.5", "BATCH_SIZE must be an integer, got 2.5"),
         ("--gin.TASK_FEATURE_LENGTHS={'inputs': 24}", "TASK_FEATURE_LENGTHS has no 'targets'"),
         ("--gin.TRAIN_SPLIT='trian'", "toy_reverse has no split 'trian'"),
+        (
+            "--gin.TASK_FEATURE_LENGTHS={'inputs': 5, 'targets': 12}",
+            "have inputs longer than TASK_FEATURE_LENGTHS['inputs']=5 tokens",
+        ),
         ("--gin.MIXTURE_OR_TASK_NAME=no_such_task", "unknown task or mixture 'no_such_task'"),
         ("--gin.train.log_every='x'", "train.log_every must be an integer"),
     ],
@@ -171,6 +175,30 @@ def test_export_out_that_is_a_file(tmp_path, capsys):
     rc = cli.main(["export", "--checkpoint", str(ckpt), "--out", str(out)])
     assert f"--out {out}: is a file, expected a directory" in one_line(capsys, rc)
     assert out.read_text() == "keep me"
+
+
+def test_lengths_that_cut_some_examples_say_how_many(capsys):
+    import seqio
+
+    import dsbs_jax.data.toy  # noqa: F401  (registers toy_reverse)
+
+    task = seqio.get_mixture_or_task("toy_reverse")
+    run_dir.check_lengths_fit([task], {"inputs": 14, "targets": 12}, "train", limit=50)
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and out[0].startswith("toy_reverse: "), out
+    cut = int(out[0].split()[1])
+    assert 0 < cut < 50 and "of 50 train examples checked have inputs longer than" in out[0]
+    run_dir.check_lengths_fit([task], {"inputs": 24, "targets": 12}, "train", limit=50)
+    assert capsys.readouterr().out == ""
+
+
+def test_config_gin_is_left_alone_by_a_run_that_trains_nothing(tmp_path):
+    (tmp_path / "config.gin").write_text("TRAIN_STEPS = 60\n")
+    assert not run_dir.write_config(str(tmp_path), "TRAIN_STEPS = 60  # again\n", 60, 60)
+    assert (tmp_path / "config.gin").read_text() == "TRAIN_STEPS = 60\n"
+    assert run_dir.write_config(str(tmp_path), "TRAIN_STEPS = 90\n", 60, 90)
+    assert (tmp_path / "config.gin").read_text() == "TRAIN_STEPS = 90\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["config.gin"]  # no temporary file left
 
 
 def test_metrics_rows_past_the_resumed_step_are_dropped(tmp_path):

@@ -152,6 +152,39 @@ def check_train_settings(
         require_int(f"train.{name}", value, minimum.get(name, 1), allow_none=name == "eval_period")
     tasks, _ = input_pipeline.tasks_and_rates(mixture_or_task_name)
     check_split(tasks, train_split)
+    check_lengths_fit(tasks, task_feature_lengths, train_split)
+
+
+def check_lengths_fit(
+    tasks: list,
+    lengths: Mapping[str, int],
+    split: str,
+    limit: int = 200,
+    say: Callable[[str], None] | None = None,
+) -> None:
+    """Says how many examples (of the first `limit` of each task) TASK_FEATURE_LENGTHS cuts, and
+    refuses lengths that cut every one of them."""
+    say = say or say_for(True)
+    for task in tasks:
+        try:
+            ds = task.get_dataset(
+                sequence_length=None, split=split, shuffle=False, num_epochs=1, use_cached=False
+            )
+            rows = list(ds.take(limit).as_numpy_iterator())
+        except Exception:  # noqa: BLE001 - data that cannot be read fails later, in its own words
+            continue
+        for key in ("inputs", "targets"):
+            cut = sum(1 for ex in rows if key in ex and len(ex[key]) > lengths[key])
+            if not cut:
+                continue
+            longest = max(len(ex[key]) for ex in rows if key in ex)
+            what = (
+                f"{task.name}: {cut} of {len(rows)} {split} examples checked have {key} longer "
+                f"than TASK_FEATURE_LENGTHS[{key!r}]={lengths[key]} tokens (longest {longest})"
+            )
+            if cut == len(rows):
+                raise UserError(f"{what}: every one would be cut; raise the length")
+            say(f"{what} and are cut")
 
 
 def say_for(is_main: bool) -> Callable[[str], None]:
