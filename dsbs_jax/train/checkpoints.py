@@ -85,14 +85,30 @@ class Checkpointer:
 
     def set_aside(self, step: int) -> str:
         """Renames a damaged `checkpoint_<step>` to `damaged_checkpoint_<step>` (kept, not
-        deleted), so that the run writes that step again and readers skip it."""
-        src = os.path.join(self.manager.directory, f"{PREFIX}_{step}")
+        deleted), so that the run writes that step again and readers skip it. Where a folder
+        cannot be renamed (an object store), the damaged checkpoint is deleted instead.
+        Process 0 does it; every process then re-reads the list of steps."""
+        src = os.path.join(os.fspath(self.manager.directory), f"{PREFIX}_{step}")
         dst = os.path.join(os.path.dirname(src), DAMAGED_PREFIX + os.path.basename(src))
         if os.path.exists(dst):
             dst = f"{dst}.{int(time.time())}"
-        os.rename(src, dst)
+        if jax.process_index() == 0:
+            try:
+                os.rename(src, dst)
+            except OSError:
+                self.manager.delete(step)
+                dst = "deleted"
+        multihost_sync(f"set_aside_{step}")
         self.manager.reload()
         return dst
+
+
+def multihost_sync(name: str) -> None:
+    """Waits for every process (a no-op with one)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils  # noqa: PLC0415
+
+        multihost_utils.sync_global_devices(name)
 
 
 def _first_line(e: BaseException) -> str:
@@ -122,8 +138,8 @@ def restore_newest_readable(
             continue
         for bad, why in damaged:
             where = ckpt.set_aside(bad)
-            say(f"checkpoint_{bad} is damaged ({why}); set aside as {where}; "
-                f"resuming from checkpoint_{step}")  # fmt: skip
+            kept = "deleted it" if where == "deleted" else f"set aside as {where}"
+            say(f"checkpoint_{bad} is damaged ({why}); {kept}; resuming from checkpoint_{step}")
         return step, params, opt_state, meta
     if damaged:
         steps = ", ".join(f"checkpoint_{s}" for s, _ in damaged)
