@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -233,3 +235,40 @@ def test_stderr_is_one_line_without_start_up_chatter(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr == "dsbs train: error: TRAIN_STEPS must be an integer, got 'abc'\n"
     assert not (tmp_path / "run").exists()
+
+
+def _records(path: pathlib.Path, n: int) -> None:
+    from dsbs_jax.records import Record, write_records
+
+    write_records(path, [Record(id=f"r{i}", input=f"question {i} " * 20) for i in range(n)])
+
+
+def _train_count(data_dir: pathlib.Path) -> int:
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder_from_directory(str(data_dir / "dsbs_svamp" / "1.0.0"))
+    return sum(1 for _ in builder.as_dataset(split="train"))
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.4])
+def test_prepare_killed_over_an_existing_dataset_leaves_one(tmp_path, delay):
+    """A kill while `dsbs prepare` writes (bench/prepare_kill.py does 10 at random moments)."""
+    data_dir = tmp_path / "data"
+    old, new = tmp_path / "old.jsonl", tmp_path / "new.jsonl"
+    _records(old, 40)
+    _records(new, 3000)
+    argv = ["prepare", "svamp", "--data_dir", str(data_dir), "--records"]
+    assert cli.main([*argv, f"train={old}"]) == 0
+    assert _train_count(data_dir) == 36  # 10% carved out for validation
+    env = {**os.environ, "PYTHONPATH": str(pathlib.Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dsbs_jax.cli", *argv, f"train={new}"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    for line in proc.stdout:
+        if line.startswith(b"writing"):
+            break
+    time.sleep(delay)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert _train_count(data_dir) in (36, 2700)  # the old dataset or the new one
