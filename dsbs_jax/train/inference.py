@@ -72,6 +72,10 @@ def _read_inputs(path: str, card: cards_lib.TaskCard) -> list[dict[str, Any]]:
     for lineno, obj in iter_jsonl(path):
         if not isinstance(obj, dict):
             raise located(path, lineno, "expected a JSON object")
+        if "input" in obj and not isinstance(obj["input"], str):
+            raise located(
+                path, lineno, f"expected text, got {type(obj['input']).__name__}", "input"
+            )
         if isinstance(obj.get("input"), str) and not all(
             f in obj for f in card.fields if f != "input"
         ):
