@@ -3,12 +3,13 @@
 #   make test         create .venv, install, lint and run the test suite
 VENV ?= .venv
 PY := $(VENV)/bin/python
-PIP := $(PY) -m pip
+# Every install is pinned to the versions the suite passed with (constraints.txt).
+PIP := PIP_CONSTRAINT=constraints.txt $(PY) -m pip
 OUT ?= out/quickstart
 
 .PHONY: venv quickstart test lint format clean
 
-$(VENV)/.installed: setup.py
+$(VENV)/.installed: setup.py constraints.txt
 	python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	# torch is pinned to the CPU build that the test extra was tried with.

@@ -9,10 +9,18 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
+from dsbs_jax import errors
 from dsbs_jax.errors import UserError
 from dsbs_jax.host_memory import keep_freed_memory
+
+VERBOSE_ENV = "DSBS_VERBOSE"
+# Commands whose work imports TensorFlow (through seqio or TFDS): it is imported quietly first.
+USES_TENSORFLOW = frozenset(
+    ("tasks", "inspect", "prepare", "vocab", "train", "eval", "predict", "sweep", "quickstart")
+)
 
 # name -> (module, one-line help). Order is the order of `dsbs --help`.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -37,6 +45,11 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dsbs",
         description="Distilling step-by-step on JAX: teacher -> records -> tasks -> trainer -> reports.",
+    )
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help=f"keep TensorFlow/absl start-up messages and info logs (or set {VERBOSE_ENV}=1)",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     chosen = next((a for a in argv if not a.startswith("-")), None)
@@ -74,11 +87,17 @@ def main(argv: list[str] | None = None) -> int:
     if extra and not getattr(module, "ACCEPTS_GIN_BINDINGS", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.gin_bindings = extra
+    verbose = args.verbose or os.environ.get(VERBOSE_ENV, "") not in ("", "0")
+    if not verbose:
+        errors.quiet_startup(tensorflow=args.command in USES_TENSORFLOW)
     try:
         return int(module.run(args) or 0)
     except UserError as e:
         message = _one_line(e)
         print(f"dsbs {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except (OSError, UnicodeDecodeError) as e:
+        print(f"dsbs {args.command}: error: {errors.describe_os_error(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"dsbs {args.command}: interrupted", file=sys.stderr)

@@ -10,3 +10,54 @@ def located(path: object, line: int | None, message: str, field: str | None = No
     where = f"{path}:{line}" if line is not None else f"{path}"
     what = f"field '{field}': {message}" if field else message
     return UserError(f"{where}: {what}")
+
+
+def describe_os_error(e: OSError | UnicodeDecodeError) -> str:
+    """One line for a file that cannot be used: `path: reason` (no traceback, no errno)."""
+    if isinstance(e, UnicodeDecodeError):
+        return f"input is not UTF-8 text (byte {e.start}: {e.reason})"
+    reason = e.strerror or (str(e).splitlines()[0] if str(e) else type(e).__name__)
+    if isinstance(e, IsADirectoryError):
+        reason = "is a directory, expected a file"
+    elif isinstance(e, NotADirectoryError):
+        reason = "a file is in the way, expected a directory"
+    where = e.filename if e.filename is not None else None
+    if where is not None and e.filename2 is not None:
+        where = f"{e.filename} -> {e.filename2}"
+    return f"{where}: {reason}" if where is not None else reason
+
+
+def quiet_startup(tensorflow: bool) -> None:
+    """Silences the start-up chatter of TensorFlow, absl and JAX, so stderr holds only our lines.
+
+    TensorFlow's native libraries print their start-up lines (oneDNN, CUDA drivers, absl's
+    "before InitializeLog") straight to file descriptor 2 whatever TF_CPP_MIN_LOG_LEVEL says:
+    TensorFlow is imported here once with that descriptor pointed at /dev/null. Python-side
+    info logs (absl, TFDS) are raised to warnings. `dsbs --verbose` or DSBS_VERBOSE=1 skip this.
+    """
+    import logging
+    import os
+    import sys
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if tensorflow and "tensorflow" not in sys.modules:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, 2)
+            try:
+                import tensorflow  # noqa: F401, PLC0415
+            except ImportError:
+                pass
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            os.close(devnull)
+    try:
+        from absl import logging as absl_logging  # noqa: PLC0415
+
+        absl_logging.set_verbosity(absl_logging.WARNING)
+    except ImportError:
+        pass
+    logging.getLogger("absl").setLevel(logging.WARNING)

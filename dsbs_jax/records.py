@@ -13,6 +13,7 @@ import os
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from dsbs_jax import atomic
 from dsbs_jax.errors import UserError, located
 
 # Parse statuses. Only OK records feed the tasks that need teacher output.
@@ -91,14 +92,26 @@ def iter_jsonl(path: os.PathLike | str) -> Iterator[tuple[int, Any]]:
     """Yields (line number, decoded object) for each non-blank line; a bad line names itself."""
     if not os.path.exists(path):
         raise UserError(f"{path}: no such file")
-    with open(path, encoding="utf-8") as f:
-        for lineno, text in enumerate(f, start=1):
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise located(path, lineno, f"not UTF-8 text (byte {e.start + 1})") from None
             if not text.strip():
                 continue
             try:
-                yield lineno, json.loads(text)
+                obj = json.loads(text, parse_constant=_no_constant)
             except json.JSONDecodeError as e:
                 raise located(path, lineno, f"invalid JSON: {e.msg} (column {e.colno})") from None
+            except ValueError as e:
+                raise located(path, lineno, str(e)) from None
+            yield lineno, obj
+
+
+def _no_constant(name: str) -> Any:
+    """NaN and Infinity are not JSON; Python's reader takes them, we refuse them."""
+    raise ValueError(f"invalid JSON: {name} is not a JSON value")
 
 
 def read_records(path: os.PathLike | str) -> list[Record]:
@@ -114,14 +127,11 @@ def read_records(path: os.PathLike | str) -> list[Record]:
 
 def write_records(path: os.PathLike | str, records: Iterable[Record]) -> int:
     """Writes records as JSON lines atomically (a temporary file, then rename); returns the count."""
-    tmp = f"{path}.tmp"
     n = 0
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic.open_atomic(path) as f:
         for r in records:
             f.write(json.dumps(r.to_json(), ensure_ascii=False) + "\n")
             n += 1
-    os.replace(tmp, path)
     return n
 
 

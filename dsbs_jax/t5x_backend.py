@@ -9,8 +9,9 @@ pieces adapt that to our loss weighting (see gin_configs/t5x/ and docs/pretraine
 
 - `task_tagged_mixture(name, weighting)`: registers and returns `<name>_t5x_<weighting>`, the
   same tasks with every target token tagged by its task id (`task_ids`, 1-based, in mixture
-  order). Under `exact` its tasks are drawn equally often (every batch carries both kinds, as our
-  own exact pipeline does); under `sampling` at the mixture's rates.
+  order). Under `exact` its tasks are drawn equally often, each example on its own, so a batch
+  can lack one kind (then its loss is the other task's term alone; our native exact pipeline
+  pairs them instead); under `sampling` at the mixture's rates.
 - `TaskWeightedFeatureConverter`: our `TaskWeightedEncDecFeatureConverter` with the weights
   taken from the mixture (`exact`: the normalised rates; `sampling`: 1), built the way T5X
   builds converters. Examples without `task_ids` (T5X's per-task training evaluation and its

@@ -54,6 +54,9 @@ trainer_command() {
   [[ $# -gt 0 ]] && shift
   case $kind in
     dsbs)
+      if [[ ${1:-} == dsbs || ${1:-} == train ]]; then
+        die "the arguments after -- start with '$1': give only the flags of \`dsbs train\` (the launcher runs \`dsbs train --multihost\` itself)"
+      fi
       TRAINER_CMD=(dsbs train --multihost "${extra[@]}" "--gin_file=$mesh" "$@")
       ;;
     t5x)

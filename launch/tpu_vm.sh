@@ -98,6 +98,8 @@ WHERE=(--zone "$ZONE")
 [[ -n $PROJECT ]] && WHERE+=(--project "$PROJECT")
 REMOTE_DIR=dsbs-jax
 VENV=dsbs-venv
+# The trainer command, checked before anything is created.
+trainer_command "$TRAINER" "$MESH" dsbs_jax/gin_configs -- "$@"
 
 # ---------------------------------------------------------------- create
 teardown() {
@@ -148,8 +150,10 @@ if [[ $SKIP_INSTALL == 0 ]]; then
   run "${G[@]}" tpu-vm scp "$TARBALL" "$NAME:dsbs-jax.tar.gz" "${WHERE[@]}" --worker=all
   install="rm -rf $REMOTE_DIR && mkdir -p $REMOTE_DIR && tar -xzf dsbs-jax.tar.gz -C $REMOTE_DIR"
   install+=" && ($PYTHON -m venv $VENV || (sudo apt-get -qq update && sudo apt-get -qq install -y python3-venv && $PYTHON -m venv $VENV))"
-  install+=" && $VENV/bin/pip install -q -U pip && $VENV/bin/pip install -q -U \"jax[tpu]\""
-  install+=" && $VENV/bin/pip install -q ./$REMOTE_DIR"
+  # Pinned to the versions the test suite passed with (constraints.txt).
+  pin="-c ./$REMOTE_DIR/constraints.txt"
+  install+=" && $VENV/bin/pip install -q -U pip && $VENV/bin/pip install -q $pin \"jax[tpu]\""
+  install+=" && $VENV/bin/pip install -q $pin ./$REMOTE_DIR"
   if [[ $TRAINER == t5x ]]; then
     install+=" && $VENV/bin/pip install -q git+https://github.com/google/airio git+https://github.com/google-research/jestimator git+https://github.com/google-research/t5x tensorboard"
   fi
@@ -157,7 +161,6 @@ if [[ $SKIP_INSTALL == 0 ]]; then
 fi
 
 # ---------------------------------------------------------------- train on every worker
-trainer_command "$TRAINER" "$MESH" dsbs_jax/gin_configs -- "$@"
 remote="cd $REMOTE_DIR && source ../$VENV/bin/activate && $(join_quoted "${TRAINER_CMD[@]}")"
 if [[ $DRY_RUN == 1 ]]; then
   run "${SSH[@]}" --command "$remote"

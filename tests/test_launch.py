@@ -79,7 +79,9 @@ def test_v5e_16_dry_run_creates_installs_trains_on_all_workers_and_tears_down():
     scp = [c for c in gcloud if c[3:5] == ["tpu-vm", "scp"]]
     assert scp and "--worker=all" in scp[0]
     install = _remote(ssh[0])
-    assert ["dsbs-venv/bin/pip", "install", "-q", "./dsbs-jax"] in install
+    pin = ["-c", "./dsbs-jax/constraints.txt"]  # the versions the suite passed with
+    assert ["dsbs-venv/bin/pip", "install", "-q", *pin, "jax[tpu]"] in install
+    assert ["dsbs-venv/bin/pip", "install", "-q", *pin, "./dsbs-jax"] in install
     train = _remote(ssh[1])[-1]
     assert train[:5] == [
         "dsbs",
@@ -178,6 +180,18 @@ def test_help_and_bad_input(script):
     assert "Traceback" not in r.stderr
     r = _launch(script, "--dry_run")
     assert r.returncode == 2 and "is required" in r.stderr
+
+
+@pytest.mark.parametrize("script", ["tpu_vm.sh", "gpu_slurm.sh"])
+@pytest.mark.parametrize("first", [("dsbs", "train"), ("train",)])
+def test_user_args_that_repeat_dsbs_train_are_refused(script, first):
+    where = ("--name", "x", "--zone", "z", "--accelerator", "v5litepod-16")
+    flags = where if script == "tpu_vm.sh" else ("--nodes", "1", "--partition", "p")
+    r = _launch(script, *flags, "--dry_run", "--", *first, *TRAINER_ARGS)
+    assert r.returncode == 2, r.stdout
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"start with '{first[0]}'" in lines[0], r.stderr
+    assert "gcloud" not in r.stdout and "sbatch" not in r.stdout
 
 
 def test_tpu_unknown_accelerator_needs_a_mesh():

@@ -185,3 +185,55 @@ def test_real_t5x_train(tmp_path):
 
     params = t5x_io.load_t5x(tmp_path / "model")
     assert params["encoder"]["layers_0"]["attention"]["query"]["kernel"].shape == (32, 2, 16)
+
+
+def test_real_t5x_continues_a_parameters_only_export(tmp_path):
+    """`dsbs export --format t5x` writes no optimizer state; with t5x/from_dsbs_export.gin
+    (assignment_map + fallback_to_scratch) T5X continues from it."""
+    t5x = pytest.importorskip("t5x")
+    t5x_src = pathlib.Path(t5x.__file__).resolve().parents[1]
+    if not (t5x_src / "t5x" / "configs" / "runs" / "pretrain.gin").exists():
+        pytest.skip("t5x is installed without its gin files (install it from a git checkout)")
+    import flax.linen as nn
+    import jax
+
+    from dsbs_jax.interop import t5x as t5x_io
+    from dsbs_jax.model.t5 import T5Config, Transformer
+
+    config = T5Config(
+        vocab_size=2048,
+        emb_dim=32,
+        num_heads=2,
+        head_dim=16,
+        num_encoder_layers=2,
+        num_decoder_layers=2,
+        mlp_dim=64,
+        dropout_rate=0.0,
+    )  # fmt: skip  (t5x/dsbs_t5_1_1_tiny_scratch.gin's network)
+    x = np.ones((1, 4), np.int32)
+    params = Transformer(config).init(jax.random.PRNGKey(0), x, x, x, enable_dropout=False)
+    export = t5x_io.save_t5x(jax.device_get(nn.meta.unbox(params["params"])), tmp_path / "e", 4)
+    (tmp_path / "mix_module.py").write_text(MIX_MODULE)
+    gin_dir = pathlib.Path(t5x_backend.__file__).resolve().parent / "gin_configs"
+    repo = pathlib.Path(t5x_backend.__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{repo}", "JAX_PLATFORMS": "cpu"}
+    env.pop("XLA_FLAGS", None)
+    cmd = [
+        sys.executable, "-m", "t5x.train",
+        f"--gin_search_paths={gin_dir},{t5x_src}",
+        "--gin_file=t5x/dsbs_t5_1_1_tiny_scratch.gin",
+        "--gin_file=t5x/from_dsbs_export.gin",
+        f"--gin.utils.RestoreCheckpointConfig.path='{export}'",
+        "--gin.utils.RestoreCheckpointConfig.mode='specific'",
+        f"--gin.MODEL_DIR='{tmp_path / 'model'}'",
+        f"--gin.MIXTURE_OR_TASK_NAME='{MIX}'",
+        "--gin.MIXTURE_OR_TASK_MODULE='mix_module'",
+        f"--gin.TASK_FEATURE_LENGTHS={LENGTHS}",
+        "--gin.TRAIN_STEPS=6",
+        "--gin.EVAL_PERIOD=2",
+        "--gin.CHECKPOINT_PERIOD=2",
+    ]  # fmt: skip
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert t5x_io.find_checkpoint(tmp_path / "model") is not None
+    assert (tmp_path / "model" / "checkpoint_6").is_dir()  # the step counter continued from 4

@@ -177,7 +177,7 @@ def test_alpha_one_gives_rationale_zero_gradient():
     assert max(float(jnp.abs(x).max()) for x in jax.tree.leaves(g_half)) > 0.0
 
 
-def _train_cmd(model_dir, steps):
+def _train_cmd(model_dir, steps, checkpoint_period=20):
     return [
         sys.executable,
         "-m",
@@ -194,7 +194,7 @@ def _train_cmd(model_dir, steps):
         "--gin.EVAL_PERIOD=0",
         "--gin.train.test_split=None",
         "--gin.train.log_every=1",
-        "--gin.train.checkpoint_period=20",
+        f"--gin.train.checkpoint_period={checkpoint_period}",
         "--gin.DROPOUT_RATE=0.1",
     ]
 
@@ -217,12 +217,70 @@ def test_killed_run_resumes_with_identical_losses(tmp_path):
     assert not (killed / "checkpoint_40").exists()
     resumed = subprocess.run(_train_cmd(killed, 40), env=env, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+    # The resume line is printed at the default log level, as T5X users expect.
+    assert f"resumed from {killed}/checkpoint_20 (data position 20)" in resumed.stdout
     a, b = _losses(full), _losses(killed)
     assert sorted(a) == sorted(b) == list(range(1, 41))
     np.testing.assert_allclose(
         [b[s] for s in range(21, 41)], [a[s] for s in range(21, 41)], rtol=1e-5
     )
     assert (killed / "checkpoint_40").exists()
+    # Each step once in metrics.jsonl: the steps replayed after the kill replaced their rows.
+    assert _metric_steps(killed) == list(range(1, 41))
+
+
+def _metric_steps(model_dir) -> list[int]:
+    rows = pathlib.Path(model_dir, "train", "metrics.jsonl").read_text().splitlines()
+    return [json.loads(r)["step"] for r in rows]
+
+
+def test_damaged_latest_checkpoint_resumes_from_the_one_before(tmp_path, capsys):
+    """A truncated array file under a commit marker: export names it in one line; the run sets
+    it aside (kept), says so, resumes from the one before, and ends with the losses of an
+    undamaged run. (The runs are processes of their own: in one process, TensorStore's cache
+    could serve the damaged file's old bytes.)"""
+    import gin
+
+    from dsbs_jax import cli
+
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    run = tmp_path / "run"
+    subprocess.run(_train_cmd(run, 8, 4), check=True, env=env, capture_output=True)
+    undamaged = _losses(run)
+    config_before = (run / "config.gin").read_text()
+    for data in (run / "checkpoint_8").glob("*/ocdbt.process_0/d"):
+        for f in data.iterdir():
+            os.truncate(f, f.stat().st_size // 2)
+    assert (run / "checkpoint_8" / "commit_success.txt").exists()
+
+    out_dir = tmp_path / "export"
+    rc = cli.main(["export", "--checkpoint", str(run), "--out", str(out_dir)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert f"{run}/checkpoint_8 is damaged" in err[0] and f"readable: {run}/checkpoint_4" in err[0]
+    assert not out_dir.exists()
+
+    resumed = subprocess.run(_train_cmd(run, 8, 4), env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    out = resumed.stdout
+    assert "checkpoint_8 is damaged" in out and "resuming from checkpoint_4" in out, out
+    assert f"resumed from {run}/checkpoint_4 (data position 4)" in out
+    assert (run / "damaged_checkpoint_8" / "params").is_dir()
+    assert (run / "checkpoint_8" / "params").is_dir()
+    resumed_losses = _losses(run)
+    assert _metric_steps(run) == list(range(1, 9))
+    assert [resumed_losses[s] for s in range(5, 9)] == [undamaged[s] for s in range(5, 9)]
+    assert (run / "config.gin").read_text() == config_before
+
+    # Fewer steps than already trained: one line, and the record of the run stays as it was.
+    gin.clear_config()
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    rc = cli.main(_train_cmd(run, 4, 4)[3:])
+    err = capsys.readouterr().err.strip().splitlines()
+    gin.clear_config()
+    assert rc == 2 and len(err) == 1, err
+    assert "already trained to step 8, past TRAIN_STEPS=4" in err[0]
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
 
 
 def test_tiny_model_learns_to_reverse_strings(tmp_path):

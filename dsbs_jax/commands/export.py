@@ -83,10 +83,15 @@ def _read_params(path: str):
     """(params as numpy, source kind, our params dir or None)."""
     from dsbs_jax import interop
     from dsbs_jax.interop import t5x
+    from dsbs_jax.train import checkpoints
 
     native = _native_dir(path)
     if native is not None:
-        return t5x.read_orbax_state(native, subtree=None), "native", native
+        params = checkpoints.read_or_explain(
+            os.path.dirname(native),
+            lambda ckpt: t5x.read_orbax_state(os.path.join(ckpt, "params"), subtree=None),
+        )
+        return params, "native", native
     kind = interop.detect(path)
     if kind is None:
         raise UserError(f"{path}: not a dsbs-jax, T5X or Hugging Face checkpoint")
@@ -187,6 +192,8 @@ def run(args) -> int:
 
     if not os.path.exists(args.checkpoint):
         raise UserError(f"{args.checkpoint}: no such checkpoint")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise UserError(f"--out {args.out}: is a file, expected a directory")
     params, kind, native = _read_params(args.checkpoint)
     config = _model_config(args, kind, native)
     flat = traverse_util.flatten_dict(params)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 
 from dsbs_jax.errors import UserError
 
@@ -14,7 +13,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--source_dir", help="the released layout (gold files + llm/*_CoT_*.json)")
     parser.add_argument(
-        "--data_dir", help="where to write the TFDS dataset (default: $DSBS_DATA_DIR)"
+        "--data_dir",
+        help="where to write the TFDS dataset (default: $DSBS_DATA_DIR, else $TFDS_DATA_DIR)",
     )
     parser.add_argument(
         "--records",
@@ -50,12 +50,14 @@ def parse_records_flags(values: list[str]) -> dict[str, str]:
 
 def run(args: argparse.Namespace) -> int:
     from dsbs_jax.data.cards import load_card
-    from dsbs_jax.data.paths import DATA_DIR_ENV
+    from dsbs_jax.data.paths import DATA_DIR_ENV, TFDS_DATA_DIR_ENV, env_data_dir
     from dsbs_jax.data.prepare import prepare
 
-    data_dir = args.data_dir or os.environ.get(DATA_DIR_ENV)
+    data_dir = args.data_dir or env_data_dir()
     if not data_dir:
-        raise UserError(f"no data dir: pass --data_dir or set {DATA_DIR_ENV}")
+        raise UserError(
+            f"no data dir: pass --data_dir or set {DATA_DIR_ENV} (or {TFDS_DATA_DIR_ENV})"
+        )
     records = parse_records_flags(args.records)
     if args.source_dir is None and not records:
         raise UserError("nothing to read: pass --source_dir and/or --records SPLIT=FILE.jsonl")

@@ -8,6 +8,7 @@ A user's own dataset is one new card (see `load_card`), no new code.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import pathlib
 import string
@@ -82,10 +83,14 @@ class TaskCard:
         value = fields.get(self.label_field)
         if value is None:
             return None
-        if self.label_names is not None and isinstance(value, int):
+        if self.label_names is not None and isinstance(value, int) and not isinstance(value, bool):
             if not 0 <= value < len(self.label_names):
                 raise ValueError(f"label index {value} out of range 0..{len(self.label_names) - 1}")
             return self.label_names[value]
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"label is {value}, expected text or a number")
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise ValueError(f"label must be text or a number, got {type(value).__name__}")
         return str(value)
 
 
@@ -99,6 +104,10 @@ def _card_from_dict(d: dict[str, Any], path: str) -> TaskCard:
         raise UserError(f"{path}: field 'parse': {e}") from None
     except KeyError:
         raise UserError(f"{path}: field 'parse': missing") from None
+    for name in ("cut", "marker"):
+        value = getattr(rule, name)
+        if not isinstance(value, str) or not value.strip():
+            raise UserError(f"{path}: field 'parse.{name}': must be non-empty text, got {value!r}")
     if rule.label not in LABEL_KINDS:
         raise UserError(f"{path}: field 'parse.label': {rule.label!r} is not one of {LABEL_KINDS}")
     if d.get("metric", "accuracy") not in METRICS:
@@ -124,6 +133,8 @@ def load_card_file(path: os.PathLike | str) -> TaskCard:
     with open(path, encoding="utf-8") as f:
         try:
             d = yaml.safe_load(f)
+        except UnicodeDecodeError as e:
+            raise UserError(f"{path}: not UTF-8 text (byte {e.start + 1})") from None
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             line = mark.line + 1 if mark is not None else "?"

@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from dsbs_jax import atomic
 from dsbs_jax.data import paths
 from dsbs_jax.data.cards import TaskCard
 from dsbs_jax.data.sources import read_released
@@ -161,13 +162,25 @@ def _builder_class(name: str, splits: dict[str, list[Record]]) -> type:
     return Builder
 
 
-def _remove_empty_tree(path: str) -> None:
-    """Removes the empty `downloads/` folder TFDS leaves behind (nothing is downloaded)."""
-    for root, _, _ in os.walk(path, topdown=False):
-        try:
-            os.rmdir(root)
-        except OSError:
-            return
+def _remove_stale_tmp(data_dir: str, name: str) -> None:
+    """Removes what killed runs of `prepare` left aside (their process is gone)."""
+    prefix = f".{name}.tmp-"
+    for entry in os.listdir(data_dir):
+        pid = entry[len(prefix) :]
+        if entry.startswith(prefix) and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(os.path.join(data_dir, entry), ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def write_tfds(
@@ -176,22 +189,36 @@ def write_tfds(
     data_dir: str,
     log: Callable[[str], None] = print,
 ) -> str:
-    """Writes `dsbs_<dataset>` 1.0.0 under data_dir (replacing an older copy); returns its path."""
+    """Writes `dsbs_<dataset>` 1.0.0 under data_dir and returns its path.
+
+    The new version is written aside (`data_dir/.dsbs_<dataset>.tmp-<pid>/`) and swapped in
+    when complete, so an older copy stays readable until then: a kill or a failure at any
+    moment leaves the old dataset or the new one, never none.
+    """
     import tensorflow_datasets as tfds
 
     tfds.disable_progress_bar()
     name = paths.tfds_dataset_name(dataset)
     version_dir = os.path.join(data_dir, name, paths.VERSION)
-    if os.path.exists(version_dir):
-        log(f"replacing {version_dir}")
-        shutil.rmtree(version_dir)
+    try:
+        os.makedirs(os.path.join(data_dir, name), exist_ok=True)
+    except OSError as e:
+        raise UserError(f"{data_dir}: cannot write the dataset here ({e.strerror})") from None
+    atomic.recover_dir(version_dir)
+    _remove_stale_tmp(data_dir, name)
     for split, records in splits.items():
         counts = collections.Counter(r.status for r in records)
         detail = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
         log(f"writing {split}: {len(records)} examples ({detail or 'none'})")
-    _builder_class(name, splits)(data_dir=data_dir).download_and_prepare()
-    _remove_empty_tree(os.path.join(data_dir, "downloads"))
-    log(f"wrote {version_dir}")
+    tmp_dir = os.path.join(data_dir, f".{name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    try:
+        _builder_class(name, splits)(data_dir=tmp_dir).download_and_prepare()
+        replacing = os.path.exists(version_dir)
+        atomic.replace_dir(os.path.join(tmp_dir, name, paths.VERSION), version_dir)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    log(f"{'replaced' if replacing else 'wrote'} {version_dir}")
     return version_dir
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -17,6 +18,7 @@ import orbax.checkpoint as ocp
 from dsbs_jax.errors import UserError
 
 PREFIX = "checkpoint"
+DAMAGED_PREFIX = "damaged_"
 
 
 class Checkpointer:
@@ -81,15 +83,77 @@ class Checkpointer:
         self.manager.wait_until_finished()
         self.manager.close()
 
+    def set_aside(self, step: int) -> str:
+        """Renames a damaged `checkpoint_<step>` to `damaged_checkpoint_<step>` (kept, not
+        deleted), so that the run writes that step again and readers skip it. Where a folder
+        cannot be renamed (an object store), the damaged checkpoint is deleted instead.
+        Process 0 does it; every process then re-reads the list of steps."""
+        src = os.path.join(os.fspath(self.manager.directory), f"{PREFIX}_{step}")
+        dst = os.path.join(os.path.dirname(src), DAMAGED_PREFIX + os.path.basename(src))
+        if os.path.exists(dst):
+            dst = f"{dst}.{int(time.time())}"
+        if jax.process_index() == 0:
+            try:
+                os.rename(src, dst)
+            except OSError:
+                self.manager.delete(step)
+                dst = "deleted"
+        multihost_sync(f"set_aside_{step}")
+        self.manager.reload()
+        return dst
 
-def is_native_checkpoint(path: str) -> bool:
-    """Whether `path` is one of our `checkpoint_<step>` folders (or a MODEL_DIR holding them)."""
-    return os.path.isdir(os.path.join(path, "params")) or bool(_latest_in(path))
+
+def multihost_sync(name: str) -> None:
+    """Waits for every process (a no-op with one)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils  # noqa: PLC0415
+
+        multihost_utils.sync_global_devices(name)
 
 
-def _latest_in(model_dir: str) -> str | None:
+def _first_line(e: BaseException) -> str:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    line = lines[0] if lines else type(e).__name__
+    return line.split(" See full TensorStore details")[0].rstrip(".")[:200]
+
+
+def restore_newest_readable(
+    ckpt: Checkpointer,
+    abstract_params: Any,
+    abstract_opt_state: Any,
+    say: Callable[[str], None] = print,
+) -> tuple[int, Any, Any, dict] | None:
+    """The newest checkpoint that restores: (step, params, opt_state, meta), or None if none.
+
+    A checkpoint that fails to restore (a truncated array file under a commit marker) is set
+    aside as `damaged_checkpoint_<step>` and the next older one is tried; each is said in one
+    line. If every checkpoint is damaged, a UserError says so (nothing is deleted).
+    """
+    damaged = []
+    for step in sorted(ckpt.manager.all_steps(), reverse=True):
+        try:
+            params, opt_state, meta = ckpt.restore(step, abstract_params, abstract_opt_state)
+        except Exception as e:  # noqa: BLE001 - any failure to read it means it is damaged
+            damaged.append((step, _first_line(e)))
+            continue
+        for bad, why in damaged:
+            where = ckpt.set_aside(bad)
+            kept = "deleted it" if where == "deleted" else f"set aside as {where}"
+            say(f"checkpoint_{bad} is damaged ({why}); {kept}; resuming from checkpoint_{step}")
+        return step, params, opt_state, meta
+    if damaged:
+        steps = ", ".join(f"checkpoint_{s}" for s, _ in damaged)
+        raise UserError(
+            f"{ckpt.manager.directory}: every checkpoint is damaged ({steps}; newest: "
+            f"{damaged[0][1]}); use a new MODEL_DIR or INITIAL_CHECKPOINT_PATH"
+        )
+    return None
+
+
+def checkpoint_steps(model_dir: str) -> list[int]:
+    """Steps of the `checkpoint_<step>` folders in model_dir, newest first."""
     if not os.path.isdir(model_dir):
-        return None
+        return []
     steps = []
     for name in os.listdir(model_dir):
         head, _, tail = name.partition("_")
@@ -99,7 +163,43 @@ def _latest_in(model_dir: str) -> str | None:
             and os.path.isdir(os.path.join(model_dir, name, "params"))
         ):
             steps.append(int(tail))
-    return os.path.join(model_dir, f"{PREFIX}_{max(steps)}") if steps else None
+    return sorted(steps, reverse=True)
+
+
+def read_or_explain(checkpoint_dir: str, read: Callable[[str], Any]) -> Any:
+    """`read(checkpoint_dir)`; if the checkpoint is damaged, a one-line UserError naming it and
+    the checkpoints beside it that `read` can load."""
+    try:
+        return read(checkpoint_dir)
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a failure to read names the damaged checkpoint
+        why = _first_line(e)
+    model_dir = os.path.dirname(os.path.abspath(checkpoint_dir))
+    readable = []
+    for step in checkpoint_steps(model_dir):
+        other = os.path.join(model_dir, f"{PREFIX}_{step}")
+        if os.path.abspath(other) == os.path.abspath(checkpoint_dir):
+            continue
+        try:
+            read(other)
+        except Exception:  # noqa: BLE001, S112 - damaged too: not listed
+            continue
+        readable.append(other)
+    found = (
+        f"readable: {', '.join(readable)}" if readable else "no other checkpoint there is readable"
+    )
+    raise UserError(f"{checkpoint_dir} is damaged ({why}); {found}")
+
+
+def is_native_checkpoint(path: str) -> bool:
+    """Whether `path` is one of our `checkpoint_<step>` folders (or a MODEL_DIR holding them)."""
+    return os.path.isdir(os.path.join(path, "params")) or bool(_latest_in(path))
+
+
+def _latest_in(model_dir: str) -> str | None:
+    steps = checkpoint_steps(model_dir)
+    return os.path.join(model_dir, f"{PREFIX}_{steps[0]}") if steps else None
 
 
 def load_params(path: str, abstract_params: Any) -> Any:
@@ -123,10 +223,12 @@ def load_params(path: str, abstract_params: Any) -> Any:
                     return params
             raise UserError(f"{path}: not a dsbs-jax, T5X or Hugging Face checkpoint")
         path = latest
-    restored = ocp.StandardCheckpointer().restore(
-        os.path.join(os.path.abspath(path), "params"), abstract_params
+    return read_or_explain(
+        path,
+        lambda p: ocp.StandardCheckpointer().restore(
+            os.path.join(os.path.abspath(p), "params"), abstract_params
+        ),
     )
-    return restored
 
 
 def abstract_with_shardings(tree: Any, shardings: Any) -> Any:

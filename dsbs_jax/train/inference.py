@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from typing import Any
 
 import flax.linen as nn
 import gin
 
+from dsbs_jax import atomic
 from dsbs_jax.data import cards as cards_lib
 from dsbs_jax.data import tasks as tasks_lib
 from dsbs_jax.data import vocab as vocab_lib
@@ -17,7 +17,7 @@ from dsbs_jax.data.text import LABEL_PREFIX, RATIONALE_PREFIX
 from dsbs_jax.errors import UserError, located
 from dsbs_jax.model.t5 import T5Config, Transformer
 from dsbs_jax.records import iter_jsonl
-from dsbs_jax.train import checkpoints, evaluation, partitioning
+from dsbs_jax.train import checkpoints, evaluation, partitioning, run_dir
 from dsbs_jax.train.trainer import model_config_for
 
 
@@ -48,6 +48,9 @@ def evaluate_checkpoint(
     data_dir: str | None = None,
 ) -> dict[str, float]:
     """Scores a checkpoint on a split with the tasks' metrics; returns `{task/metric: value}`."""
+    run_dir.check_feature_lengths(task_feature_lengths)
+    run_dir.require_int("BATCH_SIZE", batch_size)
+    run_dir.require_int("EVAL_EXAMPLES", num_examples, allow_none=True)
     tasks_lib.bind_tasks(mixture_or_task_name, data_dir, vocabulary_path)
     lengths = (task_feature_lengths["inputs"], task_feature_lengths["targets"])
     model, params, mesh, rules = load_model(
@@ -70,6 +73,10 @@ def _read_inputs(path: str, card: cards_lib.TaskCard) -> list[dict[str, Any]]:
     for lineno, obj in iter_jsonl(path):
         if not isinstance(obj, dict):
             raise located(path, lineno, "expected a JSON object")
+        if "input" in obj and not isinstance(obj["input"], str):
+            raise located(
+                path, lineno, f"expected text, got {type(obj['input']).__name__}", "input"
+            )
         if isinstance(obj.get("input"), str) and not all(
             f in obj for f in card.fields if f != "input"
         ):
@@ -103,8 +110,16 @@ def predict_file(
     """Writes `{id, input, prediction[, rationale]}` lines for each input; returns the count.
 
     Greedy decoding, or beam search with `beam_size` > 1 (best beam)."""
+    for name, value in (("INPUT_LENGTH", input_length), ("TARGET_LENGTH", target_length)):
+        run_dir.require_int(name, value, minimum=2)
+    run_dir.require_int("BATCH_SIZE", batch_size)
+    run_dir.require_int("BEAM_SIZE", beam_size)
+    if os.path.isdir(output_file):
+        raise UserError(f"--output_file {output_file}: is a directory, expected a file")
     card = cards_lib.load_card(task)
     rows = _read_inputs(input_file, card)
+    if not rows:
+        raise UserError(f"{input_file}: no inputs")
     name = f"{card.name}_label"
     tasks_lib.bind_tasks(name, data_dir, vocabulary_path)
     vocab = vocab_lib.get_vocabulary(name)
@@ -114,22 +129,28 @@ def predict_file(
     decode_fn = evaluation.make_decode_fn(model, target_length, beam_size)
     batch = max(batch_size // mesh.shape["data"], 1) * mesh.shape["data"]
 
+    cut = 0
+
     def run(prefix: str) -> list[str]:
+        nonlocal cut
         texts = [prefix + r["input"] for r in rows]
         with mesh, nn.logical_axis_rules(rules):
-            out, cut = evaluation.decode_texts(decode_fn, params, vocab, texts, input_length, batch)
-        if cut:
-            print(
-                f"{input_file}: {cut} of {len(rows)} inputs are longer than input_length "
-                f"{input_length} tokens and were cut",
-                file=sys.stderr,
+            out, n_cut = evaluation.decode_texts(
+                decode_fn, params, vocab, texts, input_length, batch
             )
+        if prefix == LABEL_PREFIX:
+            cut = n_cut
         return out
 
     predictions = run(LABEL_PREFIX)
     rationales = run(RATIONALE_PREFIX) if explain else None
-    os.makedirs(os.path.dirname(os.path.abspath(output_file)), exist_ok=True)
-    with open(output_file, "w", encoding="utf-8") as f:
+    if cut:
+        print(
+            f"{cut} of {len(rows)} inputs are longer than INPUT_LENGTH={input_length} tokens "
+            f"and were cut to it",
+            flush=True,
+        )
+    with atomic.open_atomic(output_file) as f:
         for i, r in enumerate(rows):
             out = {"id": r["id"], "input": r["input"], "prediction": predictions[i]}
             if rationales is not None:

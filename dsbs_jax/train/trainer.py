@@ -27,7 +27,14 @@ from dsbs_jax import weighting
 from dsbs_jax.data import tasks as tasks_lib
 from dsbs_jax.errors import UserError
 from dsbs_jax.model.t5 import T5Config, Transformer
-from dsbs_jax.train import checkpoints, evaluation, input_pipeline, optimizers, partitioning
+from dsbs_jax.train import (
+    checkpoints,
+    evaluation,
+    input_pipeline,
+    optimizers,
+    partitioning,
+    run_dir,
+)
 from dsbs_jax.train import hooks as hooks_lib
 from dsbs_jax.train import step as step_lib
 
@@ -78,6 +85,7 @@ def train(
     log_every: int = 50,
     z_loss: float = 1e-4,
     pack: bool = True,
+    check_lengths: bool = True,
     vocabulary_path: str | None = None,
     data_dir: str | None = None,
     hooks: Sequence[hooks_lib.Hook] = (),
@@ -93,25 +101,26 @@ def train(
     data-fraction sweeps; eval_split and test_split are scored with the tasks' metrics (against
     gold labels) every eval_period steps and at the end. `data_dir` and `vocabulary_path` say
     where this run's prepared data and sentencepiece model are (None: the defaults of
-    `dsbs_jax.data.paths` and the dataset's own vocabulary). `hooks` run after the built-in ones
+    `dsbs_jax.data.paths` and the dataset's own vocabulary). `check_lengths`: say how many
+    examples TASK_FEATURE_LENGTHS cuts (from the first 200 of each task) before training. `hooks` run after the built-in ones
     that evaluate the validation split, before logging and checkpointing. `programs`: a dict a
     caller keeps across runs alike (a sweep), so their jitted programs are traced once.
     """
     # ---------------------------------------------------------------- set-up and config
     weighting.check_weighting(loss_weighting)
-    if train_steps < 1 or batch_size < 1:
-        raise UserError(
-            f"TRAIN_STEPS ({train_steps}) and BATCH_SIZE ({batch_size}) must be at least 1"
-        )
     weighting.tasks_and_rates(mixture_or_task_name)  # an unknown name fails here, in one line
     tasks_lib.bind_tasks(mixture_or_task_name, data_dir, vocabulary_path)
+    # Everything is checked before MODEL_DIR is touched; config.gin is written once the state
+    # is restored (run_dir.write_config, below), and only by a run that will train.
+    run_dir.check_train_settings(
+        mixture_or_task_name, task_feature_lengths, train_steps, batch_size, train_split,
+        eval_period=eval_period, log_every=log_every, checkpoint_period=checkpoint_period,
+        eval_batch_size=eval_batch_size, random_seed=random_seed, check_lengths=check_lengths,
+    )  # fmt: skip
+    model_dir = run_dir.check_model_dir(model_dir)
+    is_main = jax.process_index() == 0
     config = model_config_for(model_config, mixture_or_task_name)
     model = Transformer(config)
-    os.makedirs(model_dir, exist_ok=True)
-    is_main = jax.process_index() == 0
-    if is_main:
-        with open(os.path.join(model_dir, "config.gin"), "w") as f:
-            f.write(gin.config_str())
 
     # ---------------------------------------------------------------- mesh
     mesh = mesh or partitioning.make_mesh()
@@ -127,6 +136,7 @@ def train(
         model_dir, keep_checkpoints, checkpoint_period, checkpoint_every_secs
     )
     start_step = ckpt.latest_step() or 0
+    run_dir.check_progress(model_dir, start_step, train_steps)
 
     # ---------------------------------------------------------------- data
     ds, task_names, _ = input_pipeline.build_dataset(
@@ -139,7 +149,6 @@ def train(
         use_cached=use_cached_tasks,
         pack=pack,
     )
-    batches = input_pipeline.numpy_batches(ds, start_step=start_step)
 
     # ---------------------------------------------------------------- model and optimizer
     cache = programs if programs is not None else {}
@@ -162,22 +171,28 @@ def train(
 
     # ---------------------------------------------------------------- state
     with mesh, nn.logical_axis_rules(rules):
+        restored = None
         if start_step:
-            params, opt_state, meta = ckpt.restore(
-                start_step, built.abstract_params, built.abstract_opt
+            restored = checkpoints.restore_newest_readable(
+                ckpt, built.abstract_params, built.abstract_opt, say=run_dir.say_for(is_main)
             )
-            log.info(
-                "resumed from %s/checkpoint_%d (data position %s)",
-                model_dir,
-                start_step,
-                meta.get("data_position"),
+        if restored is not None:
+            start_step, params, opt_state, meta = restored
+            run_dir.say_for(is_main)(
+                f"resumed from {model_dir}/checkpoint_{start_step} "
+                f"(data position {meta.get('data_position')})"
             )
-        elif initial_checkpoint_path:
-            params = checkpoints.load_params(initial_checkpoint_path, built.abstract_params)
-            opt_state = built.opt_init(params)
         else:
-            params = built.init(jax.random.PRNGKey(random_seed))
+            start_step = 0
+            if initial_checkpoint_path:
+                params = checkpoints.load_params(initial_checkpoint_path, built.abstract_params)
+            else:
+                params = built.init(jax.random.PRNGKey(random_seed))
             opt_state = built.opt_init(params)
+    batches = input_pipeline.numpy_batches(ds, start_step=start_step)
+    if is_main:
+        run_dir.write_config(model_dir, gin.config_str(), start_step, train_steps)
+        run_dir.truncate_metrics(model_dir, start_step)
     state = hooks_lib.RunState(
         model_dir=model_dir,
         model=model,

@@ -1,0 +1,274 @@
+"""Bad input through the CLI: one line on stderr, exit 2, and nothing already on disk changed."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from dsbs_jax import cli
+from dsbs_jax.train import run_dir
+
+TRAIN = [
+    "train",
+    "--gin_file=models/t5_1_1_tiny.gin",
+    "--gin_file=runs/finetune.gin",
+    "--gin.MIXTURE_OR_TASK_NAME=toy_reverse",
+    "--gin.TASK_FEATURE_LENGTHS={'inputs': 24, 'targets': 12}",
+    "--gin.TRAIN_STEPS=2",
+    "--gin.VOCAB_SIZE=0",
+    "--gin.BATCH_SIZE=8",
+    "--gin.EVAL_PERIOD=0",
+]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_gin():
+    """Each CLI call here starts from no bindings, as a new process would."""
+    import gin
+
+    gin.clear_config()
+    yield
+    gin.clear_config()
+
+
+def snapshot(root: pathlib.Path) -> dict[str, bytes]:
+    """Every file under root with its bytes."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def one_line(capsys, rc: int) -> str:
+    """Asserts exit 2 and exactly one line on stderr; returns it."""
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert rc == 2, captured.err
+    assert len(lines) == 1 and "Traceback" not in captured.err, captured.err
+    return lines[0]
+
+
+@pytest.fixture
+def existing_run(tmp_path) -> pathlib.Path:
+    """A MODEL_DIR holding the record of an earlier run."""
+    model_dir = tmp_path / "run"
+    model_dir.mkdir()
+    (model_dir / "config.gin").write_text("TRAIN_STEPS = 60\n")
+    return model_dir
+
+
+@pytest.mark.parametrize(
+    ("binding", "needle"),
+    [
+        ("--gin.TRAIN_STEPS='abc'", "TRAIN_STEPS must be an integer, got 'abc'"),
+        ("--gin.TRAIN_STEPS=0", "TRAIN_STEPS must be at least 1, got 0"),
+        ("--gin.TRAIN_STEPS=-5", "TRAIN_STEPS must be at least 1, got -5"),
+        ("--gin.BATCH_SIZE=0", "BATCH_SIZE must be at least 1, got 0"),
+        ("--gin.BATCH_SIZE=2.5", "BATCH_SIZE must be an integer, got 2.5"),
+        ("--gin.TASK_FEATURE_LENGTHS={'inputs': 24}", "TASK_FEATURE_LENGTHS has no 'targets'"),
+        ("--gin.TRAIN_SPLIT='trian'", "toy_reverse has no split 'trian'"),
+        (
+            "--gin.TASK_FEATURE_LENGTHS={'inputs': 5, 'targets': 12}",
+            "have inputs longer than TASK_FEATURE_LENGTHS['inputs']=5 tokens",
+        ),
+        ("--gin.MIXTURE_OR_TASK_NAME=no_such_task", "unknown task or mixture 'no_such_task'"),
+        ("--gin.train.log_every='x'", "train.log_every must be an integer"),
+    ],
+)
+def test_train_refuses_bad_settings_before_writing(existing_run, capsys, binding, needle):
+    before = snapshot(existing_run)
+    rc = cli.main([*TRAIN, f"--gin.MODEL_DIR={existing_run}", binding])
+    assert needle in one_line(capsys, rc)
+    assert snapshot(existing_run) == before
+
+
+def test_train_model_dir_that_is_a_file(tmp_path, capsys):
+    path = tmp_path / "model_dir"
+    path.write_text("not a directory")
+    rc = cli.main([*TRAIN, f"--gin.MODEL_DIR={path}"])
+    assert f"MODEL_DIR {path}: is a file, expected a directory" in one_line(capsys, rc)
+    assert path.read_text() == "not a directory"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
+def test_train_model_dir_that_cannot_be_written(tmp_path, capsys):
+    parent = tmp_path / "locked"
+    parent.mkdir()
+    parent.chmod(0o500)
+    try:
+        rc = cli.main([*TRAIN, f"--gin.MODEL_DIR={parent / 'run'}"])
+        assert "cannot create it" in one_line(capsys, rc)
+    finally:
+        parent.chmod(0o700)
+
+
+def _svamp(tmp_path, gold: list[str], n_outputs: int | None = None) -> pathlib.Path:
+    src = tmp_path / "svamp"
+    (src / "llm").mkdir(parents=True)
+    (src / "svamp_train.json").write_text("\n".join(gold) + "\n")
+    outputs = ["R. The answer is (2)."] * (n_outputs or len(gold))
+    (src / "llm" / "train_CoT_0.json").write_text(json.dumps(outputs))
+    return src
+
+
+GOOD = json.dumps({"input": "q", "label": "( 1.0 + 1.0 )"})
+
+
+@pytest.mark.parametrize(
+    ("bad_line", "needle"),
+    [
+        ('{"input": "q", "label": ["( 1.0 + 1.0 )"]}', "label must be text or a number, got list"),
+        ('{"input": "q", "label": NaN}', "NaN is not a JSON value"),
+        ('{"input": "q", "label": Infinity}', "Infinity is not a JSON value"),
+    ],
+)
+def test_prepare_refuses_labels_that_are_not_text(tmp_path, capsys, bad_line, needle):
+    src = _svamp(tmp_path, [GOOD, bad_line])
+    out = tmp_path / "out"
+    rc = cli.main(["prepare", "svamp", "--source_dir", str(src), "--data_dir", str(out)])
+    line = one_line(capsys, rc)
+    assert "svamp_train.json:2:" in line and needle in line
+    assert not out.exists()
+
+
+def test_prepare_input_that_is_not_utf8(tmp_path, capsys):
+    path = tmp_path / "train.jsonl"
+    path.write_bytes(b'{"id": "a", "input": "x"}\n{"id": "b", "input": "\xff"}\n')
+    rc = cli.main(["prepare", "svamp", "--records", f"train={path}", "--data_dir", str(tmp_path)])
+    assert f"{path}:2: not UTF-8 text" in one_line(capsys, rc)
+
+
+def test_prepare_directory_where_a_file_is_expected(tmp_path, capsys):
+    folder = tmp_path / "train.jsonl"
+    folder.mkdir()
+    rc = cli.main(["prepare", "svamp", "--records", f"train={folder}", "--data_dir", str(tmp_path)])
+    assert one_line(capsys, rc).endswith(f"{folder}: is a directory, expected a file")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads anything")
+def test_prepare_file_that_cannot_be_read(tmp_path, capsys):
+    path = tmp_path / "train.jsonl"
+    path.write_text('{"id": "a", "input": "x"}\n')
+    path.chmod(0)
+    rc = cli.main(["prepare", "svamp", "--records", f"train={path}", "--data_dir", str(tmp_path)])
+    assert f"{path}: Permission denied" in one_line(capsys, rc)
+
+
+def test_card_with_an_empty_answer_marker(tmp_path, capsys):
+    from dsbs_jax.data.cards import BUILTIN_CARD_DIR
+
+    text = (BUILTIN_CARD_DIR / "svamp.yaml").read_text()
+    card = tmp_path / "mine.yaml"
+    card.write_text(text.replace('marker: "The answer is"', 'marker: ""'))
+    src = _svamp(tmp_path, [GOOD])
+    rc = cli.main(["stats", str(card), "--source_dir", str(src)])
+    assert f"{card}: field 'parse.marker': must be non-empty text" in one_line(capsys, rc)
+
+
+def test_export_out_that_is_a_file(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.write_text("keep me")
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    rc = cli.main(["export", "--checkpoint", str(ckpt), "--out", str(out)])
+    assert f"--out {out}: is a file, expected a directory" in one_line(capsys, rc)
+    assert out.read_text() == "keep me"
+
+
+def test_lengths_that_cut_some_examples_say_how_many(capsys):
+    import seqio
+
+    import dsbs_jax.data.toy  # noqa: F401  (registers toy_reverse)
+
+    task = seqio.get_mixture_or_task("toy_reverse")
+    run_dir.check_lengths_fit([task], {"inputs": 14, "targets": 12}, "train", limit=50)
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and out[0].startswith("toy_reverse: "), out
+    cut = int(out[0].split()[1])
+    assert 0 < cut < 50 and "of 50 train examples checked have inputs longer than" in out[0]
+    run_dir.check_lengths_fit([task], {"inputs": 24, "targets": 12}, "train", limit=50)
+    assert capsys.readouterr().out == ""
+
+
+def test_config_gin_is_left_alone_by_a_run_that_trains_nothing(tmp_path):
+    (tmp_path / "config.gin").write_text("TRAIN_STEPS = 60\n")
+    assert not run_dir.write_config(str(tmp_path), "TRAIN_STEPS = 60  # again\n", 60, 60)
+    assert (tmp_path / "config.gin").read_text() == "TRAIN_STEPS = 60\n"
+    assert run_dir.write_config(str(tmp_path), "TRAIN_STEPS = 90\n", 60, 90)
+    assert (tmp_path / "config.gin").read_text() == "TRAIN_STEPS = 90\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["config.gin"]  # no temporary file left
+
+
+def test_metrics_rows_past_the_resumed_step_are_dropped(tmp_path):
+    (tmp_path / "train").mkdir()
+    path = tmp_path / "train" / "metrics.jsonl"
+    rows = [json.dumps({"step": s, "loss": 1.0 / s}) for s in (10, 20, 30, 40)]
+    path.write_text("\n".join(rows) + '\n{"step": 5')  # the last line cut by a kill
+    assert run_dir.truncate_metrics(str(tmp_path), 20) == 3
+    assert [json.loads(x)["step"] for x in path.read_text().splitlines()] == [10, 20]
+    assert run_dir.truncate_metrics(str(tmp_path), 20) == 0
+
+
+def test_tfds_data_dir_is_honoured_last(monkeypatch, tmp_path):
+    from dsbs_jax.data import paths
+
+    monkeypatch.delenv("DSBS_DATA_DIR", raising=False)
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
+    assert paths.resolve_data_dir() == str(tmp_path / "tfds")
+    monkeypatch.setenv("DSBS_DATA_DIR", str(tmp_path / "dsbs"))
+    assert paths.resolve_data_dir() == str(tmp_path / "dsbs")
+    assert paths.resolve_data_dir(tmp_path / "flag") == str(tmp_path / "flag")
+
+
+def test_stderr_is_one_line_without_start_up_chatter(tmp_path):
+    """A real process (TensorFlow imported for the first time): the error is all of stderr."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    env["PYTHONPATH"] = str(pathlib.Path(__file__).resolve().parents[1])
+    argv = [*TRAIN, f"--gin.MODEL_DIR={tmp_path / 'run'}", "--gin.TRAIN_STEPS='abc'"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "dsbs_jax.cli", *argv], env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 2
+    assert proc.stderr == "dsbs train: error: TRAIN_STEPS must be an integer, got 'abc'\n"
+    assert not (tmp_path / "run").exists()
+
+
+def _records(path: pathlib.Path, n: int) -> None:
+    from dsbs_jax.records import Record, write_records
+
+    write_records(path, [Record(id=f"r{i}", input=f"question {i} " * 20) for i in range(n)])
+
+
+def _train_count(data_dir: pathlib.Path) -> int:
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder_from_directory(str(data_dir / "dsbs_svamp" / "1.0.0"))
+    return sum(1 for _ in builder.as_dataset(split="train"))
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.4])
+def test_prepare_killed_over_an_existing_dataset_leaves_one(tmp_path, delay):
+    """A kill while `dsbs prepare` writes (bench/prepare_kill.py does 10 at random moments)."""
+    data_dir = tmp_path / "data"
+    old, new = tmp_path / "old.jsonl", tmp_path / "new.jsonl"
+    _records(old, 40)
+    _records(new, 3000)
+    argv = ["prepare", "svamp", "--data_dir", str(data_dir), "--records"]
+    assert cli.main([*argv, f"train={old}"]) == 0
+    assert _train_count(data_dir) == 36  # 10% carved out for validation
+    env = {**os.environ, "PYTHONPATH": str(pathlib.Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dsbs_jax.cli", *argv, f"train={new}"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    for line in proc.stdout:
+        if line.startswith(b"writing"):
+            break
+    time.sleep(delay)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert _train_count(data_dir) in (36, 2700)  # the old dataset or the new one
