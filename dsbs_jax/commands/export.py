@@ -151,15 +151,13 @@ def _run_vocabulary(args, native: str | None) -> str | None:
     name = _config_macro(config_gin, "MIXTURE_OR_TASK_NAME")
     if not isinstance(name, str):
         return None
-    import seqio
-
     import dsbs_jax.tasks  # noqa: F401 - registers the tasks
+    from dsbs_jax.data.tasks import bind_tasks
     from dsbs_jax.data.vocab import get_vocabulary
 
-    if args.tfds_data_dir:
-        seqio.set_tfds_data_dir_override(args.tfds_data_dir)
     try:
-        path = get_vocabulary(name).sentencepiece_model_file
+        bind_tasks(name, args.tfds_data_dir)
+        path = getattr(get_vocabulary(name), "sentencepiece_model_file", None)
     except ValueError:  # a task this process does not know
         return None
     return path if path and os.path.isfile(path) else None

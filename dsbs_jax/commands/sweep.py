@@ -103,6 +103,17 @@ def add_sweep_arguments(parser: argparse.ArgumentParser, defaults: dict | None =
     )
     parser.add_argument("--test_examples", type=int, help="score the first N test examples")
     parser.add_argument(
+        "--select",
+        choices=("last", "best_validation"),
+        help="which parameters are scored: the last step's, or those with the best direct-answer "
+        f"accuracy on validation, checked every --select_every steps (default {show('select')})",
+    )
+    parser.add_argument(
+        "--select_every",
+        type=int,
+        help=f"steps between validation checks (default {show('select_every')})",
+    )
+    parser.add_argument(
         "--workers",
         type=int,
         help="worker processes running runs side by side, one thread each (default 1)",
@@ -144,6 +155,8 @@ def config_from_args(args: argparse.Namespace, **defaults) -> SweepConfig:
         "warmup_steps",
         "lengths",
         "workers",
+        "select",
+        "select_every",
     ):
         v = getattr(args, name, None)
         if v is not None:

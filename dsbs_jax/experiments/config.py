@@ -36,7 +36,10 @@ CORE = (
     "score_rationale",
     "initial_checkpoint",
     "vocabulary",
+    "select",
+    "select_every",
 )
+SELECTIONS = ("last", "best_validation")
 
 
 @dataclasses.dataclass
@@ -65,6 +68,9 @@ class SweepConfig:
     alpha: float = 0.5
     initial_checkpoint: str | None = None
     vocabulary: str | None = None
+    select: str = "last"  # which parameters are scored: the last, or the best on validation
+    select_every: int = 50  # steps between validation checks (select best_validation)
+    validation_examples: int | None = 200
     workers: int = 1  # processes that run the planned runs side by side (not a core setting)
 
     def __post_init__(self) -> None:
@@ -77,6 +83,10 @@ class SweepConfig:
             raise UserError(f"--fractions {self.fractions}: each must be in (0, 100]")
         if self.seeds < 1 or self.steps < 1 or self.batch_size < 1 or self.workers < 1:
             raise UserError("--seeds, --steps, --batch_size and --workers must be at least 1")
+        if self.select not in SELECTIONS:
+            raise UserError(f"--select {self.select!r}: one of {', '.join(SELECTIONS)}")
+        if self.select_every < 1:
+            raise UserError("--select_every must be at least 1")
         if not 0 < self.alpha < 1:
             raise UserError(f"--alpha {self.alpha}: must be in (0, 1)")
         if self.warmup_steps is None:

@@ -47,14 +47,16 @@ def train_size(task: str, data_dir: str) -> int:
     return int(builder.info.splits["train"].num_examples)
 
 
-def test_set(task: str, data_dir: str | os.PathLike, limit: int | None) -> list[dict[str, str]]:
-    """The first `limit` test examples with a gold label (the same ones for every run)."""
+def test_set(
+    task: str, data_dir: str | os.PathLike, limit: int | None, split: str = "test"
+) -> list[dict[str, str]]:
+    """The first `limit` examples of a split with a gold label (the same ones for every run)."""
     out = []
-    for ex in read_prepared(task, "test", data_dir):
+    for ex in read_prepared(task, split, data_dir):
         if ex["gold_label"]:
             out.append(ex)
             if limit is not None and len(out) >= limit:
                 break
     if not out:
-        raise UserError(f"{task}: the prepared test split has no examples with a gold label")
+        raise UserError(f"{task}: the prepared {split} split has no examples with a gold label")
     return out

@@ -11,17 +11,17 @@ from __future__ import annotations
 # side by side; on this shared 2-core machine it was not faster, so the default is one process.
 BUDGETS: dict[str, dict] = {
     "default": {
-        "sizes": {"train": 1000, "validation": 100, "test": 200},
+        "sizes": {"train": 1000, "validation": 200, "test": 1000},
         "difficulty": "easy",
         "sweep": {
             "methods": ("finetune", "distill", "dsbs"),
             "fractions": (25.0, 50.0, 100.0),
             "seeds": 3,
-            "steps": 300,
-            "batch_size": 16,
+            "steps": 600,
+            "batch_size": 8,
             "model": "quickstart",
             "learning_rate": 3e-3,
-            "test_examples": 200,
+            "test_examples": 1000,
             "score_rationale": True,
         },
     },

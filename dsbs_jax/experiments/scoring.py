@@ -9,6 +9,7 @@ with neither has no answer and counts as wrong.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -18,6 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
+import jax
 from clu import metric_writers
 
 from dsbs_jax import metrics
@@ -53,6 +55,39 @@ def rationale_accuracy(
     return accuracy(answers, golds, card.metric), answers
 
 
+def _decode(state: RunState, cache: dict, vocab, texts: list[str], input_length: int, length: int):
+    data = state.mesh.shape["data"]
+    batch = int(math.ceil(min(len(texts), 256) / data) * data)
+    fn = evaluation.decoder(state.model, length, cache)
+    with state.mesh, nn.logical_axis_rules(state.rules):
+        out, _ = evaluation.decode_texts(fn, state.params, vocab, texts, input_length, batch)
+    return out
+
+
+class KeepBestOnValidation(Hook):
+    """Every `every` steps: the direct answers (`predict:`) to the validation examples, scored
+    against gold; keeps a copy of the parameters with the best accuracy so far (the earlier step
+    on a tie). The same selection rule for every method; `ScoreTestSet` scores the kept ones."""
+
+    def __init__(self, examples, card, vocab, lengths, every: int, cache: dict):
+        self.examples, self.card, self.vocab, self.lengths = examples, card, vocab, lengths
+        self.every, self.cache = every, cache
+        self.best, self.best_step, self.params = -1.0, 0, None
+
+    def due(self, state: RunState) -> bool:
+        return state.step % self.every == 0 or state.final
+
+    def on_step(self, state: RunState) -> None:
+        texts = [LABEL_PREFIX + ex["input"] for ex in self.examples]
+        out = _decode(
+            state, self.cache, self.vocab, texts, self.lengths["inputs"], self.lengths["labels"]
+        )
+        acc = accuracy(out, [ex["gold_label"] for ex in self.examples], self.card.metric)
+        if acc > self.best:  # a copy: the next update step reuses (donates) the live buffers
+            self.best, self.best_step = acc, state.step
+            self.params = jax.tree.map(lambda x: x.copy(), state.params)
+
+
 class ScoreTestSet(Hook):
     """At the end of a run: decodes `predict:` (and, with `explain`, `explain:`) for the test set
     with the run's final parameters, scores them against gold, writes
@@ -66,25 +101,21 @@ class ScoreTestSet(Hook):
         lengths: dict[str, int],
         explain: bool,
         cache: dict,
+        select: KeepBestOnValidation | None = None,
     ):
         self.test, self.card, self.vocab, self.lengths = test, card, vocab, lengths
-        self.explain, self.cache = explain, cache
+        self.explain, self.cache, self.select = explain, cache, select
         self.result: dict[str, Any] = {}
         self.seconds = 0.0
 
     def _decode(self, state: RunState, prefix: str, length: int) -> list[str]:
-        data = state.mesh.shape["data"]
-        batch = int(math.ceil(min(len(self.test), 256) / data) * data)
-        fn = evaluation.decoder(state.model, length, self.cache)
         texts = [prefix + ex["input"] for ex in self.test]
-        with state.mesh, nn.logical_axis_rules(state.rules):
-            out, _ = evaluation.decode_texts(
-                fn, state.params, self.vocab, texts, self.lengths["inputs"], batch
-            )
-        return out
+        return _decode(state, self.cache, self.vocab, texts, self.lengths["inputs"], length)
 
     def on_end(self, state: RunState) -> None:
         t0 = time.perf_counter()
+        if self.select is not None and self.select.params is not None:
+            state = dataclasses.replace(state, params=self.select.params)
         golds = [ex["gold_label"] for ex in self.test]
         predictions = self._decode(state, LABEL_PREFIX, self.lengths["labels"])
         result: dict[str, Any] = {
@@ -95,6 +126,8 @@ class ScoreTestSet(Hook):
             rationales = self._decode(state, RATIONALE_PREFIX, self.lengths["rationales"])
             acc, answers = rationale_accuracy(rationales, golds, self.card)
             result |= {"rationale_accuracy": acc, "rationales": rationales, "answers": answers}
+        if self.select is not None:
+            result |= {"selected_step": self.select.best_step}
         self.result = result
         scalars = {
             f"test/{k}": result[k] for k in ("accuracy", "rationale_accuracy") if k in result

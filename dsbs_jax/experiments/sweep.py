@@ -35,7 +35,7 @@ from dsbs_jax.data.cards import load_card
 from dsbs_jax.errors import UserError
 from dsbs_jax.experiments import data as data_lib
 from dsbs_jax.experiments.config import Plan, SweepConfig, plan_runs
-from dsbs_jax.experiments.scoring import ScoreTestSet
+from dsbs_jax.experiments.scoring import KeepBestOnValidation, ScoreTestSet
 from dsbs_jax.model.t5 import T5Config
 from dsbs_jax.report import results as results_lib
 from dsbs_jax.report.results import SWEEP_FILE
@@ -117,6 +117,11 @@ class Sweep:
         cfg.lengths = dict(self.lengths)
         self.total = data_lib.train_size(self.card.name, cfg.data_dir)
         self.test = data_lib.test_set(self.card.name, cfg.data_dir, cfg.test_examples)
+        self.validation = (
+            data_lib.test_set(self.card.name, cfg.data_dir, cfg.validation_examples, "validation")
+            if cfg.select == "best_validation"
+            else []
+        )
         self._write_info()
 
     def _write_info(self) -> None:
@@ -196,6 +201,18 @@ class Sweep:
         if os.path.exists(model_dir):
             shutil.rmtree(model_dir)  # an unfinished run: start it again from scratch
         os.makedirs(model_dir)
+        select = (
+            KeepBestOnValidation(
+                self.validation,
+                self.card,
+                self.vocab,
+                self.lengths,
+                self.cfg.select_every,
+                self.cache,
+            )  # fmt: skip
+            if self.cfg.select == "best_validation"
+            else None
+        )
         score = ScoreTestSet(
             self.test,
             self.card,
@@ -203,6 +220,7 @@ class Sweep:
             self.lengths,
             explain=self.cfg.score_rationale and plan.method == "dsbs",
             cache=self.cache,
+            select=select,
         )
         config = gin_utils.scoped_config([self.model_gin, RUN_GIN], self.bindings(plan, model_dir))
         with config, CompileTimer() as timer:
@@ -239,6 +257,7 @@ class Sweep:
             seconds=round(seconds, 3),
             timing={k: v for k, v in timing.items() if v is not None},
             model_dir=os.path.relpath(model_dir, self.out),
+            selected_step=ev.get("selected_step"),
         )
 
     # ---- many runs

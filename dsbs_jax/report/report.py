@@ -95,7 +95,13 @@ def write_report(out_dir: str) -> dict[str, str]:
         f"(dsbs: each input as label and rationale; distill_matched: twice the steps), AdamW, "
         f"learning rate {core.get('learning_rate')} (warmup {core.get('warmup_steps')}, cosine), "
         f"lengths {core.get('lengths')}",
-        f"- seeds from {core.get('seed')}; alpha {core.get('alpha')}",
+        f"- seeds from {core.get('seed')}; alpha {core.get('alpha')}; scored parameters: "
+        f"{core.get('select', 'last')}"
+        + (
+            f" (direct-answer accuracy on validation every {core.get('select_every')} steps)"
+            if core.get("select") == "best_validation"
+            else " step's"
+        ),
     ]
     if teacher is not None:
         settings.append(f"- teacher accuracy on the same test subset: {teacher:.1f}%")

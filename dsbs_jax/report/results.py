@@ -34,6 +34,7 @@ class RunResult:
     seconds: float = 0.0
     timing: dict[str, float] = dataclasses.field(default_factory=dict)
     model_dir: str = ""
+    selected_step: int | None = None  # the step scored, when chosen on validation
 
     @property
     def key(self) -> tuple[str, float, int]:
