@@ -229,9 +229,8 @@ class Sweep:
                 open(os.path.join(model_dir, "train.log"), "w") as log_file,
                 contextlib.redirect_stdout(log_file),
             ):
-                result = trainer.train(
-                    data_dir=self.cfg.data_dir, hooks=[score], programs=self.cache
-                )
+                hooks = [score] if select is None else [select, score]
+                result = trainer.train(data_dir=self.cfg.data_dir, hooks=hooks, programs=self.cache)
             seconds = time.perf_counter() - t0
             compile_s = sum(timer.take().values())
         per_step = _step_seconds(model_dir)
