@@ -8,6 +8,7 @@ import os
 import pytest
 
 from dsbs_jax.cli import main
+from dsbs_jax.errors import UserError
 from dsbs_jax.data.cards import load_card
 from dsbs_jax.experiments import scoring
 from dsbs_jax.report import results as results_lib
@@ -195,3 +196,20 @@ def test_bad_flags_are_one_line_errors(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "magic" in err[0]
     assert main(["report", str(tmp_path / "nothing")]) == 2
+
+
+def test_best_validation_selection_scores_a_checked_step(tiny_data, tmp_path):
+    from dsbs_jax.experiments.config import SweepConfig
+    from dsbs_jax.experiments.runner import run_sweep
+
+    data_dir, _ = tiny_data
+    cfg = SweepConfig(
+        task="arith", data_dir=data_dir, out=str(tmp_path / "sel"), methods=("distill",),
+        fractions=(100,), seeds=1, steps=4, batch_size=8, model="micro", test_examples=8,
+        select="best_validation", select_every=2, validation_examples=8,
+    )  # fmt: skip
+    (r,) = run_sweep(cfg, log=lambda s: None)
+    assert r.selected_step in (2, 4)  # the steps the hook checked
+    assert "best_validation" in open(tmp_path / "sel" / "sweep.json").read()
+    with pytest.raises(UserError, match="--select"):
+        SweepConfig(task="arith", data_dir=data_dir, out=str(tmp_path), select="best")
