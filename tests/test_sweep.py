@@ -8,8 +8,8 @@ import os
 import pytest
 
 from dsbs_jax.cli import main
-from dsbs_jax.errors import UserError
 from dsbs_jax.data.cards import load_card
+from dsbs_jax.errors import UserError
 from dsbs_jax.experiments import scoring
 from dsbs_jax.report import results as results_lib
 from dsbs_jax.report import tables
