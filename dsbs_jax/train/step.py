@@ -11,6 +11,7 @@ from typing import Any
 import jax
 import optax
 
+from dsbs_jax.model import t5
 from dsbs_jax.train import checkpoints, losses, partitioning
 
 BATCH_KEYS = (
@@ -55,11 +56,59 @@ class Programs:
     step: Any  # (params, opt_state, step, batch, dropout_key) -> (params, opt_state, aux)
 
 
+# Attention kernels are 3-D here ([embed, heads, kv], out [heads, kv, embed]) and 2-D in T5X.
+# Adafactor factors a parameter's second moment over its two largest dimensions, and only when
+# both have 128 or more entries: for [768, 12, 64] that is not the case, so it would keep a full
+# second moment (as large as the kernel) where T5X keeps a row and a column. The optimizer sees
+# these kernels as the [embed, heads * kv] and [heads * kv, embed] matrices T5X has.
+_JOIN_LAST = ("query", "key", "value")
+_JOIN_FIRST = ("out",)
+
+
+def _as_matrix(path, x):
+    names = [getattr(k, "key", None) for k in path]
+    if x.ndim != 3 or len(names) < 2 or names[-1] != "kernel":
+        return x
+    if names[-2] in _JOIN_LAST:
+        return x.reshape(x.shape[0], x.shape[1] * x.shape[2])
+    if names[-2] in _JOIN_FIRST:
+        return x.reshape(x.shape[0] * x.shape[1], x.shape[2])
+    return x
+
+
+def attention_as_matrices(tx: optax.GradientTransformation) -> optax.GradientTransformation:
+    """`tx` acting on attention kernels reshaped to T5X's 2-D layout (same values, T5X's
+    factored Adafactor state); the updates come back in the parameters' shapes."""
+
+    def view(tree):
+        return None if tree is None else jax.tree_util.tree_map_with_path(_as_matrix, tree)
+
+    def init(params):
+        return tx.init(view(params))
+
+    def update(updates, state, params=None):
+        new, state = tx.update(view(updates), state, view(params))
+        return jax.tree.map(lambda u, ref: u.reshape(ref.shape), new, updates), state
+
+    return optax.GradientTransformation(init, update)
+
+
+def mesh_platform(mesh) -> str:
+    return mesh.devices.flat[0].platform
+
+
 def build_programs(
     model, tx, schedule, num_tasks, loss_weighting, z_loss, mesh, rules, enc_len, dec_len
 ) -> Programs:
     """The parameter and optimizer layouts, and the jitted init, optimizer-init and update-step
-    functions (the step is traced on its first call)."""
+    functions (the step is traced on its first call).
+
+    The model's `kernels` 'auto' is settled here by the mesh's platform (the mesh may be a TPU
+    slice compiled for on a CPU host), so the step runs the CPU kernels only on CPU devices."""
+    config = t5.resolve_kernels(model.config, mesh_platform(mesh))
+    model = model.clone(config=config)
+    plain = config.kernels == "plain"
+    tx = attention_as_matrices(tx)
     init_params, param_shardings, abstract_params = partitioning.param_layout(
         model, (enc_len, dec_len), mesh, rules
     )
@@ -73,10 +122,14 @@ def build_programs(
         rng = jax.random.fold_in(dropout_key, step)
 
         def loss_fn(p):
-            logits = model.apply(
-                {"params": p}, **_model_inputs(batch), enable_dropout=True, rngs={"dropout": rng}
-            )
-            tok = losses.token_losses(logits, batch["decoder_target_tokens"], z_loss)
+            # The model's logical sharding constraints act only under an abstract mesh (flax
+            # reads `jax.sharding.get_abstract_mesh()`; `with mesh:` alone leaves them no-ops).
+            with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+                logits = model.apply(
+                    {"params": p}, **_model_inputs(batch), enable_dropout=True,
+                    rngs={"dropout": rng},
+                )  # fmt: skip
+            tok = losses.token_losses(logits, batch["decoder_target_tokens"], z_loss, plain)
             return losses.weighted_loss(
                 tok,
                 batch["decoder_loss_weights"],
