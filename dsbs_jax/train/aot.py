@@ -41,16 +41,21 @@ def topology_devices(name: str) -> list[jax.Device]:
     # Another process may hold libtpu's lock file (a trainer, or a JAX process that probed the
     # TPU): compiling needs no TPU, so it does not need the lock either.
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    # v4 (like v5p) runs its two TensorCores as one megacore device, as TPU VMs do.
+    chip_config = "megacore" if name.startswith("v4:") else "default"
     try:
         from jax.experimental import topologies
 
-        return list(topologies.get_topology_desc(topology_name=name, platform="tpu").devices)
-    except ImportError as e:
-        raise UserError(f"compiling for TPU needs libtpu: pip install '.[tpu]' ({e})") from None
+        desc = topologies.get_topology_desc(
+            topology_name=name, platform="tpu", chip_config_name=chip_config
+        )
+        return list(desc.devices)
     except Exception as e:  # libtpu missing or the name unknown: its message says which
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if "initialize" in first.lower() or "plugin" in first.lower():
-            raise UserError(f"compiling for TPU needs libtpu: pip install '.[tpu]' ({first})")
+            raise UserError(
+                f"compiling for TPU needs libtpu: pip install '.[tpu]' ({first})"
+            ) from None
         raise UserError(f"--topology {name!r}: {first}") from None
 
 
@@ -188,9 +193,13 @@ def compile_step(
     scalar = jax.ShapeDtypeStruct((), jnp.int32)
     key = jax.eval_shape(lambda: jax.random.PRNGKey(0))
     t0 = time.perf_counter()
-    lowered = programs.step.lower(
-        programs.abstract_params, programs.abstract_opt, scalar, batch, key
-    )
+    try:
+        lowered = programs.step.lower(
+            programs.abstract_params, programs.abstract_opt, scalar, batch, key
+        )
+    except ValueError as e:  # e.g. heads or mlp not divisible by the 'model' axis
+        first = str(e).strip().splitlines()[0]
+        raise UserError(f"the model does not split over mesh {dict(mesh.shape)}: {first}") from None
     compiled = lowered.compile()
     seconds = time.perf_counter() - t0
     mem = compiled.memory_analysis()
