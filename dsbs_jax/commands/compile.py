@@ -76,11 +76,14 @@ def run(args) -> int:
     tx = optimizers.make_optimizer(schedule)
     mesh = _mesh(topology)
     rules = partitioning.logical_axis_rules()
-    report = aot.compile_train_step(
-        config, tx, schedule, num_tasks, _train_setting("loss_weighting", "exact"),
-        _train_setting("z_loss", 1e-4), mesh, rules, batch_size, lengths["inputs"],
-        lengths["targets"], topology,
-    )  # fmt: skip
+    try:
+        report = aot.compile_train_step(
+            config, tx, schedule, num_tasks, _train_setting("loss_weighting", "exact"),
+            _train_setting("z_loss", 1e-4), mesh, rules, batch_size, lengths["inputs"],
+            lengths["targets"], topology,
+        )  # fmt: skip
+    except aot.DoesNotFit as e:
+        raise UserError(_refused(e, config, mesh, batch_size, _rules_kind(rules))) from None
     if args.json:
         print(json.dumps({**report.as_dict(), "rules": _rules_kind(rules)}, sort_keys=True))
     else:
@@ -141,24 +144,49 @@ def _text(r, config, rules_kind: str) -> str:
     ])  # fmt: skip
 
 
+def _tips(temp, room, per_data, data, model, remat, rules_kind) -> str:
+    """What would bring a step under a device's HBM: batch, remat, fsdp, model parallelism."""
+    tips = []
+    if temp and room > 0 and per_data > 1:
+        fit = int(per_data * room / temp)
+        if 1 <= fit < per_data:
+            tips.append(f"a per-device batch of about {fit} (BATCH_SIZE {fit * data})")
+    if remat in ("none", "dots"):
+        tips.append("--gin.REMAT_POLICY=\"'dots_no_batch'\" or \"'full'\"")
+    if rules_kind != "fsdp" and data > 1:
+        tips.append("meshes/fsdp.gin (parameters and optimizer state sharded over 'data')")
+    if model == 1 and data > 1:
+        tips.append("--gin.NUM_PARTITIONS=4")
+    return ", or ".join(tips or ["a larger slice"])
+
+
 def _advice(r, rules_kind: str) -> str:
     """One line: how far over the chip's HBM the step is, and what would bring it under."""
     over = r.total_bytes - r.hbm_bytes
-    tips = []
     per_data = r.batch_size // r.mesh["data"]
-    fixed = r.total_bytes - r.temp_bytes
-    if fixed < r.hbm_bytes and per_data > 1:
-        fit = int(per_data * (r.hbm_bytes - fixed) / r.temp_bytes)
-        if 1 <= fit < per_data:
-            tips.append(f"a per-device batch of about {fit} (BATCH_SIZE {fit * r.mesh['data']})")
-    if r.remat_policy in ("none", "dots"):
-        tips.append("--gin.REMAT_POLICY=\"'dots_no_batch'\" or \"'full'\"")
-    if rules_kind != "fsdp" and r.mesh["data"] > 1:
-        tips.append("meshes/fsdp.gin (parameters and optimizer state sharded over 'data')")
-    if r.mesh["model"] == 1 and r.devices > 1:
-        tips.append("--gin.NUM_PARTITIONS=4")
+    room = r.hbm_bytes - (r.total_bytes - r.temp_bytes)
+    tips = _tips(r.temp_bytes, room, per_data, r.mesh["data"], r.mesh["model"], r.remat_policy,
+                 rules_kind)  # fmt: skip
     return (
         f"the step needs {_gib(r.total_bytes)} per device, {_gib(over)} "
         f"({100 * over / r.hbm_bytes:.0f}%) more than the {_gib(r.hbm_bytes)} of a "
-        f"{r.device_kind} device; try " + ", or ".join(tips or ["a larger slice"])
+        f"{r.device_kind} device; try {tips}"
+    )
+
+
+def _refused(e, config, mesh, batch_size: int, rules_kind: str) -> str:
+    """One line for a step the TPU compiler refused as too large (it gives only the temporaries)."""
+    data, model = mesh.shape["data"], mesh.shape["model"]
+    kind = mesh.devices.flat[0].device_kind
+    if e.temp_bytes is None:
+        return f"the step does not fit a {kind} device ({e}); try " + _tips(
+            None, 0, batch_size // data, data, model, config.remat_policy, rules_kind
+        )
+    over = e.temp_bytes - e.available_bytes
+    tips = _tips(e.temp_bytes, e.available_bytes, batch_size // data, data, model,
+                 config.remat_policy, rules_kind)  # fmt: skip
+    return (
+        f"the step needs {_gib(e.temp_bytes)} of temporaries per device, {_gib(over)} "
+        f"({e.temp_bytes / e.available_bytes:.1f}x) more than the {_gib(e.available_bytes)} a "
+        f"{kind} device has; try {tips}"
     )

@@ -160,6 +160,31 @@ class CompileReport:
         return d
 
 
+class DoesNotFit(Exception):
+    """The TPU compiler refused the step: its temporaries alone exceed a device's HBM."""
+
+    def __init__(self, temp_bytes: float | None, available_bytes: float | None, message: str):
+        super().__init__(message)
+        self.temp_bytes, self.available_bytes = temp_bytes, available_bytes
+
+
+_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def _does_not_fit(error: Exception) -> DoesNotFit | None:
+    """libtpu's out-of-memory refusal as a DoesNotFit (None for any other compile error), e.g.
+    "the total memory required for HLO temporaries (193.96G) exceeds available HBM (15.75G)"."""
+    text = str(error)
+    if "RESOURCE_EXHAUSTED" not in text and "Ran out of memory" not in text:
+        return None
+    first = next((line for line in text.splitlines() if "memory" in line), text)[:300]
+    sizes = re.findall(r"\((\d+(?:\.\d+)?)([KMGT]?)i?B?\)", first)
+    if len(sizes) >= 2:
+        (a, ua), (b, ub) = sizes[:2]
+        return DoesNotFit(float(a) * _UNITS[ua], float(b) * _UNITS[ub], first.strip())
+    return DoesNotFit(None, None, first.strip())
+
+
 def _per_device_bytes(abstract_tree) -> int:
     total = 0
     for x in jax.tree.leaves(abstract_tree):
@@ -200,7 +225,13 @@ def compile_step(
     except ValueError as e:  # e.g. heads or mlp not divisible by the 'model' axis
         first = str(e).strip().splitlines()[0]
         raise UserError(f"the model does not split over mesh {dict(mesh.shape)}: {first}") from None
-    compiled = lowered.compile()
+    try:
+        compiled = lowered.compile()
+    except Exception as e:  # libtpu refuses a program that cannot fit, before any analysis
+        refused = _does_not_fit(e)
+        if refused is None:
+            raise
+        raise refused from None
     seconds = time.perf_counter() - t0
     mem = compiled.memory_analysis()
     cost = compiled.cost_analysis()
