@@ -65,15 +65,20 @@ _JOIN_LAST = ("query", "key", "value")
 _JOIN_FIRST = ("out",)
 
 
-def _as_matrix(path, x):
+def _matrix_shape(path, shape: tuple[int, ...]) -> tuple[int, ...]:
     names = [getattr(k, "key", None) for k in path]
-    if x.ndim != 3 or len(names) < 2 or names[-1] != "kernel":
-        return x
+    if len(shape) != 3 or len(names) < 2 or names[-1] != "kernel":
+        return shape
     if names[-2] in _JOIN_LAST:
-        return x.reshape(x.shape[0], x.shape[1] * x.shape[2])
+        return (shape[0], shape[1] * shape[2])
     if names[-2] in _JOIN_FIRST:
-        return x.reshape(x.shape[0] * x.shape[1], x.shape[2])
-    return x
+        return (shape[0] * shape[1], shape[2])
+    return shape
+
+
+def _as_matrix(path, x):
+    shape = _matrix_shape(path, x.shape)
+    return x if shape == x.shape else x.reshape(shape)
 
 
 def attention_as_matrices(tx: optax.GradientTransformation) -> optax.GradientTransformation:
@@ -91,6 +96,52 @@ def attention_as_matrices(tx: optax.GradientTransformation) -> optax.GradientTra
         return jax.tree.map(lambda u, ref: u.reshape(ref.shape), new, updates), state
 
     return optax.GradientTransformation(init, update)
+
+
+def _names(path) -> tuple:
+    return tuple(k.key for k in path if isinstance(k, jax.tree_util.DictKey))
+
+
+def _view_spec(path, spec: tuple, ndim: int) -> tuple:
+    """The partition spec of a parameter as `attention_as_matrices` shows it to the optimizer."""
+    spec = tuple(spec) + (None,) * (ndim - len(spec))
+    names = _names(path)
+    if ndim == 3 and len(names) >= 2 and names[-1] == "kernel":
+        if names[-2] in _JOIN_LAST:
+            return (spec[0], spec[1] or spec[2])
+        if names[-2] in _JOIN_FIRST:
+            return (spec[0] or spec[1], spec[2])
+    return spec
+
+
+def optimizer_shardings(tx, abstract_params, param_shardings, mesh):
+    """Shardings of `tx`'s state: a leaf shaped like a parameter (Adam's moments, Adafactor's
+    unfactored second moments) lies as that parameter does; everything else (factored rows and
+    columns, counts) is small and replicated. Left to XLA, state that `init` fills with zeros
+    can come out laid differently from the parameters, and every step then gathers it."""
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    specs = {_names(p): (p, x) for p, x in jax.tree_util.tree_leaves_with_path(abstract_params)}
+    flat_shardings = {
+        _names(path): s for path, s in jax.tree_util.tree_leaves_with_path(param_shardings)
+    }
+    view = {}
+    for names, (path, x) in specs.items():
+        spec = _view_spec(path, flat_shardings[names].spec, x.ndim)
+        view[names] = (_matrix_shape(path, x.shape), PartitionSpec(*spec))
+    replicated = NamedSharding(mesh, PartitionSpec())
+
+    def place(path, leaf):
+        names = _names(path)
+        for start in range(len(names)):
+            hit = view.get(names[start:])
+            if hit is not None:
+                shape, spec = hit
+                return NamedSharding(mesh, spec) if leaf.shape == shape else replicated
+        return replicated
+
+    state = jax.eval_shape(tx.init, abstract_params)
+    return jax.tree_util.tree_map_with_path(place, state)
 
 
 def mesh_platform(mesh) -> str:
@@ -112,8 +163,7 @@ def build_programs(
     init_params, param_shardings, abstract_params = partitioning.param_layout(
         model, (enc_len, dec_len), mesh, rules
     )
-    opt_shardings = jax.jit(tx.init).lower(abstract_params).compile().output_shardings
-    opt_shardings = partitioning.on_mesh(opt_shardings, mesh)
+    opt_shardings = optimizer_shardings(tx, abstract_params, param_shardings, mesh)
     abstract_opt = checkpoints.abstract_with_shardings(
         jax.eval_shape(tx.init, abstract_params), opt_shardings
     )
