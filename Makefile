@@ -14,7 +14,7 @@ $(VENV)/.installed: setup.py constraints.txt
 	$(PIP) install -q --upgrade pip
 	# torch is pinned to the CPU build that the test extra was tried with.
 	$(PIP) install -q "torch==2.13.0"
-	$(PIP) install -q -e '.[test,hf]'
+	$(PIP) install -q -e '.[test,hf,tpu]'
 	touch $@
 
 venv: $(VENV)/.installed

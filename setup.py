@@ -43,6 +43,9 @@ setup(
         "hf": ["torch>=2.13.0", "transformers>=4.46", "safetensors>=0.4"],
         # seqio's cache_tasks_main (offline caching of tasks) runs on Apache Beam.
         "cache": ["apache-beam>=2.50"],
+        # The TPU compiler, for `dsbs compile` on any host (no TPU needed) and for TPU VMs: the
+        # libtpu build that jax 0.10.2 pins (jax[tpu] asks for the same).
+        "tpu": ["libtpu==0.0.42.*"],
     },
     entry_points={"console_scripts": ["dsbs=dsbs_jax.cli:main"]},
     classifiers=[

@@ -31,6 +31,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("prepare", "write a TFDS dataset (train/validation/test) from teacher records"),
     "vocab": ("vocab", "train a T5-style sentencepiece vocabulary on prepared records"),
     "train": ("train", "train the T5 student (gin-configured, T5X conventions)"),
+    "compile": (
+        "compile",
+        "compile the train step for a TPU slice here: memory, FLOPs, collectives",
+    ),
     "eval": ("eval", "evaluate a checkpoint on a task or mixture"),
     "predict": ("predict", "predict labels (and rationales) for a JSONL file of inputs"),
     "sweep": ("sweep", "train methods x data fractions x seeds and write a report"),

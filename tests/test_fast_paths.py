@@ -79,10 +79,78 @@ def test_keep_mask_rate_and_split_shapes():
     assert abs(float(t5._keep_mask(bits, 0.1).mean()) - 0.9) < 0.005
     assert bool(t5._keep_mask(bits, 0.0).all())
     shapes = [(2, 5, 3), (2, 1, 4)]
-    masks = t5._split_masks(bits[: t5._num_words(shapes)], shapes, 0.5)
+    rows = bits[:1000].reshape(2, 500)
+    masks = t5._split_masks(rows[:, : t5._num_words(shapes)], shapes, 0.5)
     assert [m.shape for m in masks] == shapes and all(m.dtype == jnp.bool_ for m in masks)
+    # Each example's masks come from its own row of the draw (so the draw shards by batch).
+    np.testing.assert_array_equal(masks[1][1, 0], t5._keep_mask(rows[1, 15:19], 0.5))
     with pytest.raises(ValueError, match="dropout bits"):
-        t5._split_masks(bits[:100], shapes, 0.5)
+        t5._split_masks(rows[:, :100], shapes, 0.5)
+
+
+# ----------------------------------------------------------------------------------------------
+# The CPU kernels against the plain network (what TPU and GPU run): the whole model's loss and
+# gradients, sharded over a data x model mesh, with dropout on.
+
+
+def _sharded_value_and_grad(cfg, mesh, rules, params, batch, rng):
+    import flax.linen as nn
+
+    from dsbs_jax.train import partitioning
+
+    plain = t5.resolve_kernels(cfg, "cpu").kernels == "plain"
+    model = t5.Transformer(cfg)
+    with mesh, nn.logical_axis_rules(rules):
+        _, shardings, _ = partitioning.param_layout(model, (12, 8), mesh, rules)
+
+        def loss(p):
+            with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+                logits = model.apply({"params": p}, **batch, rngs={"dropout": rng})
+            tok = losses.token_losses(logits, batch["decoder_target_tokens"], 1e-4, plain)
+            return (tok * (batch["decoder_target_tokens"] > 0)).sum() / tok.size
+
+        fn = jax.jit(jax.value_and_grad(loss), in_shardings=(shardings,))
+        return fn(jax.device_put(params, shardings))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_cpu_kernels_equal_the_plain_network_sharded_with_dropout(dtype):
+    from jax.sharding import Mesh
+
+    from dsbs_jax.train import partitioning
+
+    mesh = Mesh(np.asarray(jax.devices()[:8]).reshape(4, 2), ("data", "model"))
+    rules = partitioning.STANDARD_RULES
+    cfg = t5.T5Config(
+        vocab_size=64, emb_dim=16, num_heads=2, num_encoder_layers=2, num_decoder_layers=2,
+        head_dim=8, mlp_dim=32, dropout_rate=0.2, dtype=dtype,
+    )  # fmt: skip
+    rng = np.random.default_rng(0)
+    tgt = jnp.asarray(rng.integers(1, 64, (4, 8)), jnp.int32).at[:, 6:].set(0)
+    batch = {
+        "encoder_input_tokens": jnp.asarray(rng.integers(1, 64, (4, 12)), jnp.int32),
+        "decoder_input_tokens": jnp.pad(tgt[:, :-1], ((0, 0), (1, 0))),
+        "decoder_target_tokens": tgt,
+    }
+    params = t5.Transformer(cfg).init(
+        jax.random.key(0), batch["encoder_input_tokens"], batch["decoder_input_tokens"], tgt,
+        enable_dropout=False,
+    )["params"]  # fmt: skip
+    params = jax.tree.map(lambda x: x.unbox() if hasattr(x, "unbox") else x, params)
+    import dataclasses
+
+    out = {
+        k: _sharded_value_and_grad(
+            dataclasses.replace(cfg, kernels=k), mesh, rules, params, batch, jax.random.key(3)
+        )
+        for k in ("cpu", "plain")
+    }  # fmt: skip
+    (l_cpu, g_cpu), (l_plain, g_plain) = out["cpu"], out["plain"]
+    tol = 1e-5 if dtype == "float32" else 2e-2
+    np.testing.assert_allclose(float(l_cpu), float(l_plain), rtol=tol)
+    for a, b in zip(jax.tree.leaves(g_cpu), jax.tree.leaves(g_plain)):
+        a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol * float(np.abs(b).max()))
 
 
 def test_mask_folded_into_bias_gives_the_same_logits():

@@ -283,11 +283,12 @@ def test_dropout_is_active_only_when_enabled(params):
 # Backward pass
 
 
-def test_remat_gives_the_same_gradients(params):
+@pytest.mark.parametrize("policy", ["full", "dots", "dots_no_batch"])
+def test_remat_gives_the_same_gradients(params, policy):
     enc, tgt = _batch(6)
     cfg, params = _one_layer(params)
     l1, g1 = _value_and_grad(cfg)(params, enc, tgt)
-    l2, g2 = _value_and_grad(_replace(cfg, remat_policy="full"))(params, enc, tgt)
+    l2, g2 = _value_and_grad(_replace(cfg, remat_policy=policy))(params, enc, tgt)
     assert float(l1) == pytest.approx(float(l2), abs=1e-6)
     for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
         np.testing.assert_allclose(a, b, atol=1e-5)

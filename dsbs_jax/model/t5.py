@@ -64,15 +64,50 @@ class T5Config:
     relative_attention_num_buckets: int = 32
     relative_attention_max_distance: int = 128
     float32_attention_logits: bool = True
-    remat_policy: str = "none"  # 'none' | 'full' (recompute each layer on the backward pass)
+    remat_policy: str = "none"  # a name in REMAT_POLICIES
+    kernels: str = "auto"  # a name in KERNELS
 
     def __post_init__(self):
         object.__setattr__(self, "mlp_activations", tuple(self.mlp_activations))
         for field in ("dtype", "param_dtype"):
             if getattr(self, field) not in ("float32", "bfloat16"):
                 raise ValueError(f"T5Config.{field} must be 'float32' or 'bfloat16'")
-        if self.remat_policy not in ("none", "full"):
-            raise ValueError("T5Config.remat_policy must be 'none' or 'full'")
+        if self.remat_policy not in REMAT_POLICIES:
+            raise ValueError(f"T5Config.remat_policy must be one of {sorted(REMAT_POLICIES)}")
+        if self.kernels not in KERNELS:
+            raise ValueError(f"T5Config.kernels must be one of {KERNELS}")
+
+
+# What each layer keeps for the backward pass (`jax.checkpoint` policies; T5X and MaxText name
+# the same choices). 'none': everything (no recomputation); 'full': only the layer's inputs;
+# 'dots': the results of matrix products, recomputing the elementwise work between them;
+# 'dots_no_batch': only products without batch dimensions (the projections, not attention's
+# [batch, heads, q, k] scores), so attention is recomputed.
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+# 'cpu': hand-written gradients for the gated MLP, the logits layer and the cross-entropy, with
+# wi_0/wi_1 joined into one product (docs/performance.md: faster on CPU). 'plain': the flax
+# network under JAX's autodiff, T5X's shape of computation, which shards cleanly over a
+# ('data', 'model') mesh. 'auto': 'cpu' on CPU, 'plain' on TPU and GPU.
+KERNELS = ("auto", "cpu", "plain")
+
+
+def resolve_kernels(config: T5Config, platform: str | None = None) -> T5Config:
+    """The config with `kernels` 'auto' replaced by the choice for `platform` (default: JAX's
+    default backend)."""
+    if config.kernels != "auto":
+        return config
+    platform = platform or jax.default_backend()
+    return dataclasses.replace(config, kernels="cpu" if platform == "cpu" else "plain")
+
+
+def _cpu_kernels(config: T5Config) -> bool:
+    return resolve_kernels(config).kernels == "cpu"
 
 
 def _dt(name: str) -> jnp.dtype:
@@ -97,9 +132,12 @@ def _dense_init(in_axis, out_axis, distribution: str = "truncated_normal"):
 #
 # Each stack draws the random bits of all its dropout masks with one `jax.random.bits` call
 # (flax's `nn.Dropout` draws each mask with its own `make_rng` fold-in and threefry call: 24
-# small threefry loops per step of a 2+2-layer model on CPU). The masks keep T5X's shapes:
-# broadcast over the length axis ([b, 1, features]) except the encoder's final dropout, and
-# attention dropout broadcast over queries.
+# small threefry loops per step of a 2+2-layer model on CPU). The draw is [batch, words]: each
+# mask takes its columns, so the bits shard over 'data' like the activations (with JAX's
+# partitionable threefry every device draws only its own rows; a flat draw cut into masks would
+# have to be moved between devices). The masks keep T5X's shapes: broadcast over the length axis
+# ([b, 1, features]) except the encoder's final dropout, and attention dropout broadcast over
+# queries.
 
 
 def _draw_bits(key: Array, shape: tuple[int, ...]) -> Array:
@@ -119,21 +157,29 @@ def _apply_keep(x: Array, keep: Array, rate: float) -> Array:
 
 
 def _split_masks(bits: Array | None, shapes: Sequence[tuple[int, ...]], rate: float):
-    """Keep masks of the given shapes cut in order from a flat uint32 array (None: no dropout)."""
+    """Keep masks of the given shapes ([batch, ...] each) cut in order from the columns of a
+    [batch, words] uint32 array (None: no dropout)."""
     if bits is None:
         return [None] * len(shapes)
     out, start = [], 0
     for shape in shapes:
-        n = int(np.prod(shape))
-        out.append(_keep_mask(bits[start : start + n].reshape(shape), rate))
+        n = int(np.prod(shape[1:]))
+        out.append(_keep_mask(bits[:, start : start + n].reshape(shape), rate))
         start += n
-    if start != bits.shape[0]:
-        raise ValueError(f"dropout bits: {bits.shape[0]} words for {start} mask units")
+    if start != bits.shape[1]:
+        raise ValueError(f"dropout bits: {bits.shape[1]} words per example for {start} units")
     return out
 
 
 def _num_words(shapes: Sequence[tuple[int, ...]]) -> int:
-    return sum(int(np.prod(s)) for s in shapes)
+    """Words per example of masks with these [batch, ...] shapes."""
+    return sum(int(np.prod(s[1:])) for s in shapes)
+
+
+def _draw_rows(key: Array, batch: int, words: int) -> Array:
+    """[batch, words] uint32 bits, laid out along the batch like the activations."""
+    bits = _draw_bits(key, (batch, words))
+    return nn.with_logical_constraint(bits, ("batch", None))
 
 
 def _dropout(x: Array, keep: Array | None, rate: float) -> Array:
@@ -322,7 +368,8 @@ class MultiHeadAttention(nn.Module):
                 dropout_keep = _keep_mask(
                     _draw_bits(self.make_rng("dropout"), v.shape[:3]), self.dropout_rate
                 )
-            v = _apply_keep(v, dropout_keep[..., None], self.dropout_rate)
+            keep = nn.with_logical_constraint(dropout_keep, ("batch", "length", "heads"))
+            v = _apply_keep(v, keep[..., None], self.dropout_rate)
         out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
         return _Out(emb, self.dtype, self.param_dtype, name="out")(out)
 
@@ -366,12 +413,14 @@ class _Out(nn.Module):
 
 
 class _Dense(nn.Module):
-    """Plain matmul, kernel [in, out] with the given logical axes; no bias."""
+    """Matmul, kernel [in, out] with the given logical axes; no bias. With `plain` False its
+    backward is `_matmul`'s (CPU kernels)."""
 
     features: int
     axes: tuple[str, str]
     dtype: str
     param_dtype: str
+    plain: bool = True
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
@@ -380,7 +429,8 @@ class _Dense(nn.Module):
             self.param_dtype,
         )  # fmt: skip
         dtype = _dt(self.dtype)
-        return _matmul(x.astype(dtype), kernel.astype(dtype))
+        x, kernel = x.astype(dtype), kernel.astype(dtype)
+        return jnp.einsum("...i,io->...o", x, kernel) if self.plain else _matmul(x, kernel)
 
 
 @jax.custom_vjp
@@ -493,6 +543,7 @@ class MlpBlock(nn.Module):
     dropout_rate: float
     dtype: str
     param_dtype: str
+    plain: bool = True  # False: the gated-GELU MLP runs `_gated_gelu_mlp` (CPU kernels)
 
     @nn.compact
     def __call__(self, x: Array, deterministic: bool, dropout_keep: Array | None = None) -> Array:
@@ -500,11 +551,9 @@ class MlpBlock(nn.Module):
         if deterministic or self.dropout_rate == 0.0:
             dropout_keep = None
         elif dropout_keep is None:
-            shape = (x.shape[0], 1, self.mlp_dim)
-            dropout_keep = _keep_mask(
-                _draw_bits(self.make_rng("dropout"), shape), self.dropout_rate
-            )
-        if tuple(self.activations) == ("gelu", "linear"):
+            bits = _draw_rows(self.make_rng("dropout"), x.shape[0], self.mlp_dim)
+            dropout_keep = _keep_mask(bits[:, None, :], self.dropout_rate)
+        if not self.plain and tuple(self.activations) == ("gelu", "linear"):
             d, m = x.shape[-1], self.mlp_dim
             w0, w1, wo = (
                 _Kernel(shape, axes, self.dtype, self.param_dtype, name=name)()
@@ -519,12 +568,16 @@ class MlpBlock(nn.Module):
         h = None
         for i, act in enumerate(self.activations):
             name = "wi" if len(self.activations) == 1 else f"wi_{i}"
-            y = _Dense(self.mlp_dim, ("embed", "mlp"), self.dtype, self.param_dtype, name=name)(x)
-            y = _activation(act)(y)
+            y = _Dense(self.mlp_dim, ("embed", "mlp"), self.dtype, self.param_dtype, self.plain,
+                       name=name)(x)  # fmt: skip
+            y = _activation(act)(_constrain_mlp(y))
             h = y if h is None else h * y
+        if dropout_keep is not None:
+            dropout_keep = nn.with_logical_constraint(dropout_keep, ("batch", None, "mlp"))
         h = _dropout(h, dropout_keep, self.dropout_rate)
         h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
-        return _Dense(x.shape[-1], ("mlp", "embed"), self.dtype, self.param_dtype, name="wo")(h)
+        return _Dense(x.shape[-1], ("mlp", "embed"), self.dtype, self.param_dtype, self.plain,
+                      name="wo")(h)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------
@@ -549,8 +602,9 @@ def _norm(cfg: T5Config, name: str) -> RMSNorm:
 
 def _mlp(cfg: T5Config) -> MlpBlock:
     return MlpBlock(
-        cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, cfg.dtype, cfg.param_dtype, name="mlp"
-    )
+        cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, cfg.dtype, cfg.param_dtype,
+        plain=not _cpu_kernels(cfg), name="mlp",
+    )  # fmt: skip
 
 
 def _constrain(x: Array) -> Array:
@@ -578,18 +632,19 @@ def _masks(module: nn.Module, bits, shapes, deterministic: bool) -> list[Array |
     if deterministic or rate == 0.0:
         return [None] * len(shapes)
     if bits is None:
-        bits = _draw_bits(module.make_rng("dropout"), (_num_words(shapes),))
+        bits = _draw_rows(module.make_rng("dropout"), shapes[0][0], _num_words(shapes))
     return _split_masks(bits, shapes, rate)
 
 
-def _stack_bits(module: nn.Module, sizes: Sequence[int], deterministic: bool):
-    """One uint32 draw for all of a stack's dropout masks, cut into `sizes` words (or Nones)."""
+def _stack_bits(module: nn.Module, batch: int, sizes: Sequence[int], deterministic: bool):
+    """One [batch, sum(sizes)] uint32 draw for all of a stack's dropout masks, cut into
+    [batch, n] column blocks of `sizes` words per example (or Nones)."""
     if deterministic or module.config.dropout_rate == 0.0:
         return [None] * len(sizes)
-    bits = _draw_bits(module.make_rng("dropout"), (sum(sizes),))
+    bits = _draw_rows(module.make_rng("dropout"), batch, sum(sizes))
     out, start = [], 0
     for n in sizes:
-        out.append(bits[start : start + n])
+        out.append(bits[:, start : start + n])
         start += n
     return out
 
@@ -662,6 +717,13 @@ class DecoderLayer(nn.Module):
         return _constrain(_dropout(z, keep3, rate) + y)
 
 
+def _remat(layer: type[nn.Module], cfg: T5Config, static_argnums: tuple[int, ...]):
+    """The layer class, rematerialised under `cfg.remat_policy` (unchanged for 'none')."""
+    if cfg.remat_policy == "none":
+        return layer
+    return nn.remat(layer, policy=REMAT_POLICIES[cfg.remat_policy], static_argnums=static_argnums)
+
+
 def _mask_bias(mask: Array | None, bias: Array | None, cfg: T5Config) -> Array | None:
     """The attention mask folded into an additive bias, once per stack: bias + (0 | -1e10).
 
@@ -707,7 +769,7 @@ class Encoder(nn.Module):
         layer_words = _num_words(_encoder_layer_masks(cfg, b, length))
         n = cfg.num_encoder_layers
         emb_bits, *layer_bits, final_bits = _stack_bits(
-            self, [b * cfg.emb_dim, *[layer_words] * n, b * length * cfg.emb_dim], deterministic
+            self, b, [cfg.emb_dim, *[layer_words] * n, length * cfg.emb_dim], deterministic
         )
         emb_keep, final_keep = (
             _masks(self, emb_bits, [(b, 1, cfg.emb_dim)], deterministic)[0],
@@ -715,9 +777,7 @@ class Encoder(nn.Module):
         )
         x = _dropout(self.shared_embedding(tokens), emb_keep, cfg.dropout_rate)
         x = _constrain(x.astype(_dt(cfg.dtype)))
-        layer = EncoderLayer
-        if cfg.remat_policy == "full":
-            layer = nn.remat(EncoderLayer, static_argnums=(4,))
+        layer = _remat(EncoderLayer, cfg, static_argnums=(4,))
         for i in range(n):
             x = layer(cfg, name=f"layers_{i}")(x, mask, bias, deterministic, layer_bits[i])
         x = _norm(cfg, "encoder_norm")(x)
@@ -762,7 +822,7 @@ class Decoder(nn.Module):
         layer_words = _num_words(_decoder_layer_masks(cfg, b, length, encoded.shape[1]))
         n = cfg.num_decoder_layers
         emb_bits, *layer_bits, final_bits = _stack_bits(
-            self, [b * cfg.emb_dim, *[layer_words] * n, b * cfg.emb_dim], deterministic
+            self, b, [cfg.emb_dim, *[layer_words] * n, cfg.emb_dim], deterministic
         )
         emb_keep, final_keep = (
             _masks(self, bits, [(b, 1, cfg.emb_dim)], deterministic)[0]
@@ -770,9 +830,7 @@ class Decoder(nn.Module):
         )
         y = _dropout(self.shared_embedding(tokens), emb_keep, cfg.dropout_rate)
         y = _constrain(y.astype(_dt(cfg.dtype)))
-        layer = DecoderLayer
-        if cfg.remat_policy == "full":
-            layer = nn.remat(DecoderLayer, static_argnums=(6, 7))
+        layer = _remat(DecoderLayer, cfg, static_argnums=(6, 7))
         for i in range(n):
             y = layer(cfg, name=f"layers_{i}")(
                 y, encoded, self_mask, cross_mask, bias, deterministic, decode, layer_bits[i],
@@ -784,8 +842,9 @@ class Decoder(nn.Module):
             logits = self.shared_embedding.attend(y) / np.sqrt(y.shape[-1])
         else:
             logits = _Dense(
-                cfg.vocab_size, ("embed", "vocab"), "float32", cfg.param_dtype, name="logits_dense"
-            )(y)
+                cfg.vocab_size, ("embed", "vocab"), "float32", cfg.param_dtype,
+                plain=not _cpu_kernels(cfg), name="logits_dense",
+            )(y)  # fmt: skip
         return nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
 
 

@@ -8,14 +8,25 @@ import jax
 import jax.numpy as jnp
 
 
-def token_losses(logits: jax.Array, targets: jax.Array, z_loss: float = 0.0) -> jax.Array:
+def token_losses(
+    logits: jax.Array, targets: jax.Array, z_loss: float = 0.0, plain: bool = False
+) -> jax.Array:
     """Per-token cross entropy (float32), plus z_loss * log(Z)^2 when z_loss > 0.
 
-    Its gradient is written out (softmax * (1 + 2 z_loss log Z) - one_hot, times the incoming
-    gradient) as one elementwise pass over the logits: autodiff's version keeps a copy of
-    exp(logits - max) from the forward and scatters the target gradient, two more passes over
-    [tokens, vocab] (the largest activation of a small model)."""
-    return _token_losses(logits.astype(jnp.float32), targets, float(z_loss))
+    plain=False (the CPU kernel): its gradient is written out (softmax * (1 + 2 z_loss log Z) -
+    one_hot, times the incoming gradient) as one elementwise pass over the logits: autodiff's
+    version keeps a copy of exp(logits - max) from the forward and scatters the target gradient,
+    two more passes over [tokens, vocab] (the largest activation of a small model).
+    plain=True: the same function under JAX's autodiff, the target logit picked by a one-hot
+    product, which stays local when the vocabulary is split over 'model' (a gather or scatter
+    along a sharded vocabulary would move the logits between devices)."""
+    logits = logits.astype(jnp.float32)
+    if not plain:
+        return _token_losses(logits, targets, float(z_loss))
+    log_z = jax.nn.logsumexp(logits, axis=-1)
+    one_hot = jax.nn.one_hot(targets, logits.shape[-1], dtype=logits.dtype)
+    loss = log_z - jnp.sum(one_hot * logits, axis=-1)
+    return loss + z_loss * jnp.square(log_z) if z_loss else loss
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))

@@ -58,6 +58,13 @@ def logical_axis_rules(
 
 
 @gin.configurable
+def tpu_topology(name: str | None = None) -> str | None:
+    """The TPU slice a mesh gin is meant for (`v5e:4x4`, `v5p:4x4x4`; None for CPU and GPU):
+    what `dsbs compile` compiles for when --topology is not given."""
+    return name
+
+
+@gin.configurable
 def make_mesh(
     num_partitions: int = 1,
     model_parallel_submesh: Sequence[int] | None = None,
