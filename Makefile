@@ -20,7 +20,9 @@ $(VENV)/.installed: setup.py constraints.txt
 venv: $(VENV)/.installed
 
 quickstart: $(VENV)/.installed
-	$(VENV)/bin/dsbs quickstart --out $(OUT)
+	# The quickstart is a CPU demo: JAX stays on the CPU (no TPU probe where libtpu is installed)
+	# unless JAX_PLATFORMS says otherwise.
+	JAX_PLATFORMS="$${JAX_PLATFORMS:-cpu}" $(VENV)/bin/dsbs quickstart --out $(OUT)
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
