@@ -32,6 +32,8 @@ import random
 import re
 from typing import Any
 
+from dsbs_jax import atomic
+
 # --------------------------------------------------------------------------- difficulty
 
 
@@ -359,7 +361,7 @@ def write_source(
     paths = {}
     for split, n in sizes.items():
         path = out / f"arith_{split}.json"
-        tmp = path.with_suffix(".json.tmp")
+        tmp = atomic.temporary_name(path)
         with open(tmp, "w", encoding="utf-8") as f:
             for fields in generate(n, seed, split, difficulty):
                 f.write(json.dumps(fields) + "\n")

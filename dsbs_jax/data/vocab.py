@@ -18,6 +18,7 @@ from collections.abc import Iterable, Iterator
 
 import seqio
 
+from dsbs_jax import atomic
 from dsbs_jax.data import paths
 from dsbs_jax.data.text import EOS_ID, LABEL_PREFIX, PAD_ID, RATIONALE_PREFIX, UNK_ID
 from dsbs_jax.errors import UserError
@@ -127,7 +128,7 @@ def train_sentencepiece(
         msg = str(e).strip().splitlines()[-1].split("] ")[-1]
         raise UserError(f"sentencepiece: {msg} (see --vocab_size)") from None
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    tmp = out_path + ".tmp"
+    tmp = atomic.temporary_name(out_path)
     with open(tmp, "wb") as f:
         f.write(model.getvalue())
     os.replace(tmp, out_path)

@@ -22,7 +22,7 @@ import flax.linen as nn
 import jax
 from clu import metric_writers
 
-from dsbs_jax import metrics
+from dsbs_jax import atomic, metrics
 from dsbs_jax.data.cards import TaskCard
 from dsbs_jax.data.text import LABEL_PREFIX, RATIONALE_PREFIX
 from dsbs_jax.records import OK
@@ -143,7 +143,7 @@ class ScoreTestSet(Hook):
 
     def _write(self, model_dir: str, result: dict[str, Any]) -> None:
         path = os.path.join(model_dir, "test_predictions.jsonl")
-        with open(path + ".tmp", "w", encoding="utf-8") as f:
+        with atomic.open_atomic(path) as f:
             for i, ex in enumerate(self.test):
                 row = {
                     "id": ex["id"],
@@ -156,4 +156,3 @@ class ScoreTestSet(Hook):
                         "rationale_answer": result["answers"][i],
                     }
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(path + ".tmp", path)

@@ -16,6 +16,8 @@ from collections.abc import Mapping
 import ml_dtypes
 import numpy as np
 
+from dsbs_jax import atomic
+
 _DTYPES = {
     "F64": np.dtype(np.float64),
     "F32": np.dtype(np.float32),
@@ -71,7 +73,7 @@ def write(
         offset += a.nbytes
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)  # align the data to 8 bytes
-    tmp = os.fspath(path) + ".tmp"
+    tmp = atomic.temporary_name(path)
     with open(tmp, "wb") as f:
         f.write(struct.pack("<Q", len(blob)))
         f.write(blob)

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from dsbs_jax import atomic
 from dsbs_jax.errors import UserError
 
 CHECKPOINT_FILE = "checkpoint"
@@ -274,7 +275,7 @@ def write_msgpack_checkpoint(
     from flax import serialization  # noqa: PLC0415
 
     final = os.path.join(os.fspath(model_dir), f"{PREFIX}_{step}")
-    tmp = final + ".tmp"
+    tmp = atomic.temporary_name(final)
     os.makedirs(tmp, exist_ok=True)
     state = {"target": to_t5x_params(params), "state": {"step": np.asarray(step, np.int32)}}
     if param_states is not None:
