@@ -42,7 +42,7 @@ def run(args) -> int:
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     from dsbs_jax.commands import _gin_command
 
-    data = _gin_command.setup(args)
+    data = _gin_command.setup(args, check_required=False)  # MODEL_DIR and the like: not needed
     from dsbs_jax.model import t5
     from dsbs_jax.train import aot, optimizers, partitioning
 

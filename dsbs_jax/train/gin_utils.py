@@ -56,7 +56,10 @@ def _literal_or_string(binding: str) -> str:
 
 
 def parse_gin(
-    gin_files: Sequence[str], bindings: Sequence[str], search_paths: Sequence[str] = ()
+    gin_files: Sequence[str],
+    bindings: Sequence[str],
+    search_paths: Sequence[str] = (),
+    check_required: bool = True,
 ) -> None:
     """Makes these gin files and bindings the whole gin config (what an earlier run of the same
     process bound is cleared first); errors name the file (and line) or the binding.
@@ -85,7 +88,8 @@ def parse_gin(
     finally:
         root.setLevel(level)
         prefixes[:] = saved
-    _check_required_macros(files, [*search_paths, str(PACKAGE_GIN_DIR)])
+    if check_required:  # a command that reads only part of the config (dsbs compile) skips it
+        _check_required_macros(files, [*search_paths, str(PACKAGE_GIN_DIR)])
 
 
 @contextlib.contextmanager
