@@ -58,7 +58,7 @@ def test_registered_names_and_idempotent_import():
     assert [t.name for t in seqio.get_mixture_or_task("cqa_finetune").tasks] == ["cqa_gold_label"]
     assert [t.name for t in seqio.get_mixture_or_task("cqa_distill").tasks] == ["cqa_label"]
     assert register_dsbs_mixture("cqa", 0.125) == "cqa_dsbs_a12p5"
-    with pytest.raises(ValueError):
+    with pytest.raises(UserError, match="alpha"):
         register_dsbs_mixture("cqa", 1.0)
 
 
