@@ -55,15 +55,12 @@ def add_sweep_arguments(parser: argparse.ArgumentParser, defaults: dict | None =
     (the command's own), else SweepConfig's."""
     d = {f.name: f.default for f in dataclasses.fields(SweepConfigFields)} | (defaults or {})
 
+    def one(x) -> str:
+        return f"{x:g}" if isinstance(x, float) else str(x)
+
     def show(name: str) -> str:
         v = d[name]
-        return (
-            ",".join(f"{x:g}" if isinstance(x, float) else str(x) for x in v)
-            if isinstance(v, tuple)
-            else f"{v:g}"
-            if isinstance(v, float)
-            else str(v)
-        )
+        return ",".join(one(x) for x in v) if isinstance(v, tuple) else one(v)
 
     parser.add_argument(
         "--methods",
