@@ -237,8 +237,9 @@ def _metric_steps(model_dir) -> list[int]:
 def test_damaged_latest_checkpoint_resumes_from_the_one_before(tmp_path, capsys):
     """A truncated array file under a commit marker: export names it in one line; the run sets
     it aside (kept), says so, resumes from the one before, and ends with the losses of an
-    undamaged run. (The runs are processes of their own: in one process, TensorStore's cache
-    could serve the damaged file's old bytes.)"""
+    undamaged run. (The runs and the export are processes of their own: in one process,
+    TensorStore's cache could serve the damaged file's old bytes; CI once saw the in-process
+    export succeed.)"""
     import gin
 
     from dsbs_jax import cli
@@ -248,15 +249,19 @@ def test_damaged_latest_checkpoint_resumes_from_the_one_before(tmp_path, capsys)
     subprocess.run(_train_cmd(run, 8, 4), check=True, env=env, capture_output=True)
     undamaged = _losses(run)
     config_before = (run / "config.gin").read_text()
-    for data in (run / "checkpoint_8").glob("*/ocdbt.process_0/d"):
-        for f in data.iterdir():
-            os.truncate(f, f.stat().st_size // 2)
+    # Every array data file of checkpoint_8 (per-process and merged OCDBT folders alike).
+    truncated = []
+    for f in sorted((run / "checkpoint_8").glob("*/**/d/*")):
+        truncated.append(f"{f.relative_to(run)} {f.stat().st_size}")
+        os.truncate(f, f.stat().st_size // 2)
+    assert truncated, sorted(str(p.relative_to(run)) for p in run.rglob("*"))
     assert (run / "checkpoint_8" / "commit_success.txt").exists()
 
     out_dir = tmp_path / "export"
-    rc = cli.main(["export", "--checkpoint", str(run), "--out", str(out_dir)])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2 and len(err) == 1, err
+    export = [sys.executable, "-m", "dsbs_jax.cli", "export", "--checkpoint", str(run)]
+    done = subprocess.run([*export, "--out", str(out_dir)], env=env, capture_output=True, text=True)
+    err = [line for line in done.stderr.strip().splitlines() if line.startswith("dsbs export:")]
+    assert done.returncode == 2 and len(err) == 1, (done.returncode, done.stderr[-3000:], truncated)
     assert f"{run}/checkpoint_8 is damaged" in err[0] and f"readable: {run}/checkpoint_4" in err[0]
     assert not out_dir.exists()
 
