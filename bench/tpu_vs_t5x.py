@@ -1,7 +1,7 @@
 """Our train step against T5X's network, compiled for a TPU slice on this (CPU) host.
 
     JAX_PLATFORMS=cpu python bench/tpu_vs_t5x.py --t5x_dir PATH/TO/t5x [--topology v5e:4x4]
-        [--meshes 16x1,4x4] [--which ours,t5x] [--float32_attention_logits]
+        [--meshes 16x1,4x4] [--which ours,t5x] [--float32_attention_logits] [--dropout 0.1]
 
 Both sides: T5 v1.1 base, bfloat16 activations, dropout 0.1, batch 256 of 512/128 tokens, optax
 Adafactor (`optimizers.make_optimizer`), cross-entropy + z-loss 1e-4, T5X's standard logical-axis
@@ -47,6 +47,7 @@ SIZES = {
 }  # fmt: skip
 BASE = SIZES["base"]
 BATCH, ENC, DEC, Z_LOSS = 256, 512, 128, 1e-4
+DROPOUT = 0.1
 
 
 def load_t5x_network(t5x_dir: str):
@@ -80,7 +81,7 @@ def load_t5x_network(t5x_dir: str):
 def t5x_report(network, mesh, rules, float32_logits: bool, topology: str) -> aot.CompileReport:
     """T5X's network under the same optimizer, loss and mesh as ours, compiled for the slice."""
     cfg = network.T5Config(
-        **BASE, mlp_activations=("gelu", "linear"), dropout_rate=0.1,
+        **BASE, mlp_activations=("gelu", "linear"), dropout_rate=DROPOUT,
         logits_via_embedding=False, dtype=jnp.bfloat16, float32_attention_logits=float32_logits,
     )  # fmt: skip
     model = network.Transformer(cfg)
@@ -140,14 +141,18 @@ def t5x_report(network, mesh, rules, float32_logits: bool, topology: str) -> aot
             donate_argnums=(0, 1),
         )  # fmt: skip
         programs = step_lib.Programs(param_shardings, params, opt_shardings, opt, None, None, step)
-        config = t5.T5Config(**BASE, dtype="bfloat16", float32_attention_logits=float32_logits)
+        config = t5.T5Config(
+            **BASE, dtype="bfloat16", float32_attention_logits=float32_logits, dropout_rate=DROPOUT
+        )
         report = aot.compile_step(programs, mesh, BATCH, ENC, DEC, topology, config)
         report.kernels = "t5x"
         return report
 
 
 def ours_report(mesh, rules, float32_logits: bool, topology: str) -> aot.CompileReport:
-    config = t5.T5Config(**BASE, dtype="bfloat16", float32_attention_logits=float32_logits)
+    config = t5.T5Config(
+        **BASE, dtype="bfloat16", float32_attention_logits=float32_logits, dropout_rate=DROPOUT
+    )
     schedule = optax.constant_schedule(1e-3)
     tx = optimizers.make_optimizer(schedule)
     return aot.compile_train_step(
@@ -166,7 +171,7 @@ def row(name: str, r: aot.CompileReport) -> str:
 
 
 def main() -> None:
-    global BASE, BATCH, ENC, DEC
+    global BASE, BATCH, ENC, DEC, DROPOUT
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--t5x_dir", default=os.environ.get("T5X_DIR"))
     p.add_argument("--topology", default="v5e:4x4")
@@ -175,16 +180,18 @@ def main() -> None:
     p.add_argument("--float32_attention_logits", action="store_true")
     p.add_argument("--size", default="base", choices=sorted(SIZES))
     p.add_argument("--batch", type=int, default=BATCH)
+    p.add_argument("--dropout", type=float, default=DROPOUT, help="dropout rate of both steps")
     p.add_argument("--lengths", default=f"{ENC},{DEC}", help="encoder,decoder lengths")
     args = p.parse_args()
-    BASE, BATCH = SIZES[args.size], args.batch
+    BASE, BATCH, DROPOUT = SIZES[args.size], args.batch, args.dropout
     ENC, DEC = (int(n) for n in args.lengths.split(","))
     which = args.which.split(",")
     if "t5x" in which and not args.t5x_dir:
         p.error("--t5x_dir (or $T5X_DIR) is needed for the T5X anchor")
     network = load_t5x_network(args.t5x_dir) if "t5x" in which else None
     rules = partitioning.STANDARD_RULES
-    print(f"T5 v1.1 {args.size}, bfloat16, batch {BATCH} of {ENC}/{DEC}, {args.topology}")
+    print(f"T5 v1.1 {args.size}, bfloat16, dropout {DROPOUT}, batch {BATCH} of {ENC}/{DEC}, "
+          f"{args.topology}")  # fmt: skip
     print("| step | mesh | attention logits | arguments GiB | temp GiB | "
           "all-reduce / all-gather / all-to-all | reduce-scatter | compile |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|")

@@ -147,10 +147,13 @@ def test_cpu_kernels_equal_the_plain_network_sharded_with_dropout(dtype):
     }  # fmt: skip
     (l_cpu, g_cpu), (l_plain, g_plain) = out["cpu"], out["plain"]
     tol = 1e-5 if dtype == "float32" else 2e-2
+    # In bfloat16 a gradient element that is the difference of larger terms carries their
+    # rounding: up to 2.5% of a tensor's largest element was seen (float32 agrees to 1e-5).
+    atol = 1e-5 if dtype == "float32" else 4e-2
     np.testing.assert_allclose(float(l_cpu), float(l_plain), rtol=tol)
     for a, b in zip(jax.tree.leaves(g_cpu), jax.tree.leaves(g_plain)):
         a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
-        np.testing.assert_allclose(a, b, rtol=tol, atol=tol * float(np.abs(b).max()))
+        np.testing.assert_allclose(a, b, rtol=tol, atol=atol * float(np.abs(b).max()))
 
 
 def test_mask_folded_into_bias_gives_the_same_logits():
