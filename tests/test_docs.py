@@ -46,11 +46,11 @@ DOC_FILES = [
     "docs/quickstart.md",
     "docs/quickstart_results.md",
     "docs/performance.md",
+    "docs/scaling.md",
     "docs/CONTRIBUTING.md",
     "bench/README.md",
 ]
-# docs/scaling.md: being rewritten (TPU and GPU launchers); its blocks get marks with it.
-UNCHECKED = {"docs/scaling.md"}
+UNCHECKED: set[str] = set()  # doc files not (yet) under this test
 
 # What the test adds to each `dsbs` command it runs, so that it runs in seconds.
 OVERRIDES: dict[str, list[str]] = {
@@ -66,6 +66,7 @@ OVERRIDES: dict[str, list[str]] = {
     "predict": ["--gin.INPUT_LENGTH=64", "--gin.TARGET_LENGTH=8", "--gin.BATCH_SIZE=8"],
     "vocab": ["--vocab_size", "400"],
     "inspect": ["--max_examples", "50"],
+    "compile": ["--gin.VOCAB_SIZE=512"],  # the tiny gin takes its vocabulary from a task
 }
 MODEL_GIN = (re.compile(r"models/t5_1_1_(small|base|large|xl|xxl)\.gin"), "models/t5_1_1_tiny.gin")
 # Absolute paths in the docs, moved into the workspace; the exported run is training.md's.
