@@ -18,6 +18,7 @@ ROWS = [
     (["models/t5_1_1_large.gin", "meshes/tpu_v4_8.gin"], "large", []),
     (["models/t5_1_1_large.gin", "meshes/tpu_v4_8.gin"], "large",
      ["--gin.REMAT_POLICY='dots_no_batch'"]),
+    (["models/t5_1_1_large.gin", "meshes/tpu_v4_8.gin"], "large", ["--gin.REMAT_POLICY='full'"]),
     (["models/t5_1_1_base.gin", "meshes/tpu_v5e_16.gin"], "base", []),
     (["models/t5_1_1_xl.gin", "meshes/tpu_v5e_256.gin"], "xl", []),
     (["meshes/tpu_v5p_128_xxl.gin"], "xxl", []),

@@ -155,6 +155,8 @@ def _tips(temp, room, per_data, data, model, remat, rules_kind) -> str:
             tips.append(f"a per-device batch of about {fit} (BATCH_SIZE {fit * data})")
     if remat in ("none", "dots"):
         tips.append("--gin.REMAT_POLICY=\"'dots_no_batch'\" or \"'full'\"")
+    elif remat == "dots_no_batch":
+        tips.append("--gin.REMAT_POLICY=\"'full'\"")
     if rules_kind != "fsdp" and data > 1:
         tips.append("meshes/fsdp.gin (parameters and optimizer state sharded over 'data')")
     if model == 1 and data > 1:
