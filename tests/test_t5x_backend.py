@@ -155,7 +155,9 @@ def test_exact_loss_under_t5x_equals_native():
     )
 
 
-def test_real_t5x_train(tmp_path):
+def _t5x_train(tmp_path, *gin_args: str) -> subprocess.CompletedProcess:
+    """`python -m t5x.train` on the tiny scratch gin and the toy mixture, with `gin_args` after
+    the gin file (skips where T5X is not installed from a git checkout)."""
     t5x = pytest.importorskip("t5x")
     t5x_src = pathlib.Path(t5x.__file__).resolve().parents[1]
     if not (t5x_src / "t5x" / "configs" / "runs" / "pretrain.gin").exists():
@@ -169,15 +171,19 @@ def test_real_t5x_train(tmp_path):
         sys.executable, "-m", "t5x.train",
         f"--gin_search_paths={gin_dir},{t5x_src}",
         "--gin_file=t5x/dsbs_t5_1_1_tiny_scratch.gin",
+        *gin_args,
         f"--gin.MODEL_DIR='{tmp_path / 'model'}'",
         f"--gin.MIXTURE_OR_TASK_NAME='{MIX}'",
         "--gin.MIXTURE_OR_TASK_MODULE='mix_module'",
         f"--gin.TASK_FEATURE_LENGTHS={LENGTHS}",
-        "--gin.TRAIN_STEPS=4",
-        "--gin.EVAL_PERIOD=4",
-        "--gin.CHECKPOINT_PERIOD=4",
     ]  # fmt: skip
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_real_t5x_train(tmp_path):
+    out = _t5x_train(
+        tmp_path, "--gin.TRAIN_STEPS=4", "--gin.EVAL_PERIOD=4", "--gin.CHECKPOINT_PERIOD=4"
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     log = out.stderr + out.stdout
     assert "loss/toy_reverse=" in log and "loss/toy_copy=" in log
@@ -190,10 +196,7 @@ def test_real_t5x_train(tmp_path):
 def test_real_t5x_continues_a_parameters_only_export(tmp_path):
     """`dsbs export --format t5x` writes no optimizer state; with t5x/from_dsbs_export.gin
     (assignment_map + fallback_to_scratch) T5X continues from it."""
-    t5x = pytest.importorskip("t5x")
-    t5x_src = pathlib.Path(t5x.__file__).resolve().parents[1]
-    if not (t5x_src / "t5x" / "configs" / "runs" / "pretrain.gin").exists():
-        pytest.skip("t5x is installed without its gin files (install it from a git checkout)")
+    pytest.importorskip("t5x")
     import flax.linen as nn
     import jax
 
@@ -213,27 +216,15 @@ def test_real_t5x_continues_a_parameters_only_export(tmp_path):
     x = np.ones((1, 4), np.int32)
     params = Transformer(config).init(jax.random.PRNGKey(0), x, x, x, enable_dropout=False)
     export = t5x_io.save_t5x(jax.device_get(nn.meta.unbox(params["params"])), tmp_path / "e", 4)
-    (tmp_path / "mix_module.py").write_text(MIX_MODULE)
-    gin_dir = pathlib.Path(t5x_backend.__file__).resolve().parent / "gin_configs"
-    repo = pathlib.Path(t5x_backend.__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{repo}", "JAX_PLATFORMS": "cpu"}
-    env.pop("XLA_FLAGS", None)
-    cmd = [
-        sys.executable, "-m", "t5x.train",
-        f"--gin_search_paths={gin_dir},{t5x_src}",
-        "--gin_file=t5x/dsbs_t5_1_1_tiny_scratch.gin",
+    out = _t5x_train(
+        tmp_path,
         "--gin_file=t5x/from_dsbs_export.gin",
         f"--gin.utils.RestoreCheckpointConfig.path='{export}'",
         "--gin.utils.RestoreCheckpointConfig.mode='specific'",
-        f"--gin.MODEL_DIR='{tmp_path / 'model'}'",
-        f"--gin.MIXTURE_OR_TASK_NAME='{MIX}'",
-        "--gin.MIXTURE_OR_TASK_MODULE='mix_module'",
-        f"--gin.TASK_FEATURE_LENGTHS={LENGTHS}",
         "--gin.TRAIN_STEPS=6",
         "--gin.EVAL_PERIOD=2",
         "--gin.CHECKPOINT_PERIOD=2",
-    ]  # fmt: skip
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert t5x_io.find_checkpoint(tmp_path / "model") is not None
     assert (tmp_path / "model" / "checkpoint_6").is_dir()  # the step counter continued from 4
