@@ -55,20 +55,12 @@ def add_arguments(parser) -> None:
 
 def _native_dir(path: str) -> str | None:
     """The `params` item of one of our checkpoints (a MODEL_DIR gives its latest step)."""
+    from dsbs_jax.train import checkpoints
+
     if os.path.isdir(os.path.join(path, "params")):
         return os.path.join(path, "params")
-    if not os.path.isdir(path):
-        return None
-    steps = []
-    for name in os.listdir(path):
-        head, _, tail = name.partition("_")
-        if (
-            head == "checkpoint"
-            and tail.isdigit()
-            and os.path.isdir(os.path.join(path, name, "params"))
-        ):
-            steps.append(int(tail))
-    return os.path.join(path, f"checkpoint_{max(steps)}", "params") if steps else None
+    steps = checkpoints.checkpoint_steps(path)
+    return os.path.join(path, f"checkpoint_{steps[0]}", "params") if steps else None
 
 
 def _step_of(params_dir: str | None) -> int:
