@@ -78,6 +78,19 @@ def _one_line(e: Exception) -> str:
     return inner[-1][len("UserError: ") :] if inner else lines[0]
 
 
+def _missing_gin_bindings(e: RuntimeError) -> str | None:
+    """gin's "Required bindings for `f` not provided in config: [...]" as one line with what to
+    do, or None for any other RuntimeError."""
+    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    if not first.startswith("Required bindings for"):
+        return None
+    return (
+        f"{first}; the gin files given do not set them: add the command's run gin (dsbs train: "
+        "runs/dsbs.gin, finetune.gin or distill.gin; dsbs eval: runs/eval.gin; dsbs predict: "
+        "runs/infer.gin) or bind them with --gin.NAME=value"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `dsbs` console script."""
     keep_freed_memory()  # before any heavy import allocates: see dsbs_jax/host_memory.py
@@ -102,6 +115,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except (OSError, UnicodeDecodeError) as e:
         print(f"dsbs {args.command}: error: {errors.describe_os_error(e)}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:
+        missing = _missing_gin_bindings(e)
+        if missing is None:
+            raise
+        print(f"dsbs {args.command}: error: {missing}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"dsbs {args.command}: interrupted", file=sys.stderr)

@@ -174,6 +174,21 @@ def test_missing_required_macro_is_one_line(capsys, command, gin_file, missing):
     assert f"{where}:" in err and f"{missing} is %gin.REQUIRED" in err
 
 
+def test_predict_without_its_run_gin_is_one_line(capsys, tmp_path):
+    # A model gin alone (a training run's config.gin, say) leaves predict_file's arguments unset.
+    inputs = tmp_path / "in.jsonl"
+    inputs.write_text('{"input": "x"}\n')
+    rc = cli.main(
+        ["predict", "--gin_file=models/t5_1_1_tiny.gin", f"--input_file={inputs}",
+         f"--output_file={tmp_path / 'out.jsonl'}"]
+    )  # fmt: skip
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "predict_file" in err and "checkpoint_path" in err and "runs/infer.gin" in err
+    assert not (tmp_path / "out.jsonl").exists()
+
+
 def test_user_error_inside_tf_data_tracing_prints_its_own_line():
     from dsbs_jax.errors import UserError
 
