@@ -229,3 +229,25 @@ def test_seqio_scripts_see_our_tasks():
     import seqio.scripts.cache_tasks_main  # noqa: F401
 
     assert "svamp_label" in seqio.TaskRegistry.names()
+
+
+def test_private_input_threads_give_the_same_batches(svamp_dir):
+    """tf.data on one private thread (the default on small hosts) yields the batches of its own
+    pool, in the same order: only where the work runs changes."""
+    from dsbs_jax.train import input_pipeline
+
+    def batches(threads):
+        ds, _, _ = input_pipeline.build_dataset("svamp_dsbs", {"inputs": 96, "targets": 64}, 4)
+        it = input_pipeline.numpy_batches(ds, start_step=3, threads=threads)
+        return [next(it) for _ in range(6)]
+
+    own, private = batches(0), batches(1)
+    for a, b in zip(own, private, strict=True):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert (a[k] == b[k]).all(), k
+    assert input_pipeline.input_threads(0, cores=2) == 1
+    assert input_pipeline.input_threads(0, cores=64) == 0
+    assert input_pipeline.input_threads(3, cores=2) == 3
+    with pytest.raises(UserError, match="INPUT_THREADS -1"):
+        input_pipeline.input_threads(-1)

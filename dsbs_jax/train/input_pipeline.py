@@ -9,6 +9,7 @@ batch.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Mapping
 
 import jax
@@ -101,10 +102,35 @@ def build_dataset(
     return ds, [t.name for t in tasks], weights
 
 
+# Hosts with at most this many cores give tf.data one thread of its own by default (see
+# `input_threads`): there its default pool competes with XLA's threads for the same cores.
+SMALL_HOST_CORES = 4
+
+
+def input_threads(requested: int = 0, cores: int | None = None) -> int:
+    """The threads tf.data gets: `requested` if positive; else (0, auto) 1 on a host of up to
+    SMALL_HOST_CORES cores and 0 (tf.data's own pool, autotuned) on a larger one."""
+    if requested < 0:
+        raise UserError(f"INPUT_THREADS {requested}: must be 0 (auto) or a number of threads")
+    if requested:
+        return requested
+    cores = cores if cores is not None else (os.cpu_count() or 1)
+    return 1 if cores <= SMALL_HOST_CORES else 0
+
+
 def numpy_batches(
-    ds: tf.data.Dataset, start_step: int = 0, prefetch: int = 2
+    ds: tf.data.Dataset, start_step: int = 0, prefetch: int = 2, threads: int = 0
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Host-local numpy batches, skipping the `start_step` batches a resumed run already used."""
+    """Host-local numpy batches, skipping the `start_step` batches a resumed run already used.
+
+    `threads` > 0: tf.data runs on a private pool of that many threads, without autotuning
+    (the batches and their order are the same; only where the work runs changes)."""
     if start_step:
         ds = ds.skip(start_step)
+    if threads:
+        options = tf.data.Options()
+        options.threading.private_threadpool_size = threads
+        options.threading.max_intra_op_parallelism = 1
+        options.autotune.enabled = False
+        ds = ds.with_options(options)
     return ds.prefetch(prefetch).as_numpy_iterator()

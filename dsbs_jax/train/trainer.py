@@ -86,6 +86,7 @@ def train(
     z_loss: float = 1e-4,
     pack: bool = True,
     check_lengths: bool = True,
+    input_threads: int = 0,
     vocabulary_path: str | None = None,
     data_dir: str | None = None,
     hooks: Sequence[hooks_lib.Hook] = (),
@@ -102,7 +103,10 @@ def train(
     gold labels) every eval_period steps and at the end. `data_dir` and `vocabulary_path` say
     where this run's prepared data and sentencepiece model are (None: the defaults of
     `dsbs_jax.data.paths` and the dataset's own vocabulary). `check_lengths`: say how many
-    examples TASK_FEATURE_LENGTHS cuts (from the first 200 of each task) before training. `hooks` run after the built-in ones
+    examples TASK_FEATURE_LENGTHS cuts (from the first 200 of each task) before training.
+    `input_threads`: tf.data's threads (0: one private thread on a host of up to 4 cores, where
+    tf.data's own pool slows the steps by competing with XLA for the cores; its own autotuned
+    pool on a larger host). `hooks` run after the built-in ones
     that evaluate the validation split, before logging and checkpointing. `programs`: a dict a
     caller keeps across runs alike (a sweep), so their jitted programs are traced once.
     """
@@ -189,7 +193,9 @@ def train(
             else:
                 params = built.init(jax.random.PRNGKey(random_seed))
             opt_state = built.opt_init(params)
-    batches = input_pipeline.numpy_batches(ds, start_step=start_step)
+    batches = input_pipeline.numpy_batches(
+        ds, start_step=start_step, threads=input_pipeline.input_threads(input_threads)
+    )
     if is_main:
         run_dir.write_config(model_dir, gin.config_str(), start_step, train_steps)
         run_dir.truncate_metrics(model_dir, start_step)
