@@ -1,6 +1,7 @@
 """The built-in arithmetic task: gold data, splits, the simulated teacher, and the record path."""
 
 import collections
+import dataclasses
 import random
 import re
 
@@ -52,6 +53,20 @@ def test_exact_division_and_difficulty_knob():
         assert int(p["answer"]) <= 50
     with pytest.raises(ValueError):
         arith.get_difficulty("impossible")
+
+
+def test_answer_cap_spreads_the_easy_test_split():
+    """The easy test split has few arithmetic chains; uncapped, one answer is a fifth of it."""
+
+    def top_share(difficulty):
+        problems = arith.generate(1000, seed=0, split="test", difficulty=difficulty)
+        return collections.Counter(p["answer"] for p in problems).most_common(1)[0][1] / 1000
+
+    easy = arith.get_difficulty("easy")
+    assert easy.max_answer_share == 0.1 and top_share(easy) <= 0.1
+    assert top_share(dataclasses.replace(easy, max_answer_share=1.0)) > 0.15
+    with pytest.raises(ValueError, match="max_answer_share"):
+        arith.Difficulty(max_answer_share=0.0)
 
 
 def test_splits_share_no_question_and_no_arithmetic():

@@ -23,9 +23,11 @@ to one split, so no test question, and no test computation chain, appears in tra
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import pathlib
 import random
@@ -47,6 +49,10 @@ class Difficulty:
     operations: which of "+-*/" may occur.
     max_result: every intermediate result stays in 0..max_result.
     distractor_prob: chance of one irrelevant sentence with a number (another person's objects).
+    max_answer_share: no answer is more than this share of a split's problems (1.0: no cap). A
+      small chain space leaves few test chains (the easy preset: 48), and without a cap one
+      answer can be a fifth of the test split, so that a student repeating one number scores
+      as if it had learned something.
     """
 
     max_number: int = 9
@@ -56,18 +62,21 @@ class Difficulty:
     operations: str = "+-*/"
     max_result: int = 99
     distractor_prob: float = 0.0
+    max_answer_share: float = 1.0
 
     def __post_init__(self) -> None:
         if self.max_number < 2 or self.max_factor < 2 or self.max_result < self.max_number:
             raise ValueError(f"difficulty out of range: {self}")
         if not 1 <= self.min_ops <= self.max_ops:
             raise ValueError(f"need 1 <= min_ops <= max_ops: {self}")
+        if not 0 < self.max_answer_share <= 1:
+            raise ValueError(f"max_answer_share must be in (0, 1]: {self}")
         if not self.operations or set(self.operations) - set("+-*/"):
             raise ValueError(f"operations must be a non-empty subset of '+-*/': {self}")
 
 
 DIFFICULTIES = {
-    "easy": Difficulty(max_number=6, min_ops=2, max_ops=2, operations="+-"),
+    "easy": Difficulty(max_number=6, min_ops=2, max_ops=2, operations="+-", max_answer_share=0.1),
     "default": Difficulty(),
     "hard": Difficulty(max_number=20, max_factor=5, min_ops=3, max_ops=3, distractor_prob=0.3),
 }
@@ -327,7 +336,7 @@ def generate(
     """n gold problems of one split (train, validation, test), deterministic in (seed, split).
 
     Question texts are unique within the split; splits share no arithmetic chain, so no question
-    of one split appears in another.
+    of one split appears in another; no answer is more than `max_answer_share` of the problems.
     """
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; known: {', '.join(SPLITS)}")
@@ -335,15 +344,18 @@ def generate(
     rng = random.Random(f"arith-{seed}-{split}")
     out: list[dict[str, Any]] = []
     seen: set[str] = set()
+    answers: collections.Counter[str] = collections.Counter()
+    cap = max(1, math.ceil(d.max_answer_share * n))
     tries = 0
     while len(out) < n:
         tries += 1
         if tries > 200 * n + 10_000:
             raise ValueError(f"cannot draw {n} distinct {split} problems at {d}")
         p = _make_problem(rng, d)
-        if split_of(p) != split or p["question"] in seen:
+        if split_of(p) != split or p["question"] in seen or answers[p["answer"]] >= cap:
             continue
         seen.add(p["question"])
+        answers[p["answer"]] += 1
         out.append({"id": f"arith-{split}-{len(out):05d}", **p})
     return out
 
