@@ -44,7 +44,6 @@ DOC_FILES = [
     "docs/training.md",
     "docs/pretrained.md",
     "docs/quickstart.md",
-    "docs/quickstart_results.md",
     "docs/performance.md",
     "docs/scaling.md",
     "docs/CONTRIBUTING.md",
