@@ -8,8 +8,8 @@ from __future__ import annotations
 
 # What each budget trains. `default` fits in 10 minutes on 2 CPU cores end to end (9.5 measured,
 # docs/quickstart.md, so there is no room for more steps there); its students are under-trained,
-# see there. `--workers 2` runs two runs
-# side by side; on this shared 2-core machine it was not faster, so the default is one process.
+# see there. `--workers 2` runs two runs side by side; on this shared 2-core machine it was not
+# faster, so the default is one process.
 BUDGETS: dict[str, dict] = {
     "default": {
         "sizes": {"train": 1000, "validation": 200, "test": 1000},

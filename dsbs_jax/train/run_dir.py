@@ -147,7 +147,7 @@ def check_train_settings(
     require_int("TRAIN_STEPS", train_steps)
     require_int("BATCH_SIZE", batch_size)
     check_feature_lengths(task_feature_lengths)
-    minimum = {"eval_period": 0, "random_seed": None}
+    minimum = {"eval_period": 0, "random_seed": None, "input_threads": 0}
     for name, value in more_ints.items():
         require_int(f"train.{name}", value, minimum.get(name, 1), allow_none=name == "eval_period")
     tasks, _ = tasks_and_rates(mixture_or_task_name)

@@ -120,6 +120,7 @@ def train(
         mixture_or_task_name, task_feature_lengths, train_steps, batch_size, train_split,
         eval_period=eval_period, log_every=log_every, checkpoint_period=checkpoint_period,
         eval_batch_size=eval_batch_size, random_seed=random_seed, check_lengths=check_lengths,
+        input_threads=input_threads,
     )  # fmt: skip
     model_dir = run_dir.check_model_dir(model_dir)
     is_main = jax.process_index() == 0
@@ -193,9 +194,8 @@ def train(
             else:
                 params = built.init(jax.random.PRNGKey(random_seed))
             opt_state = built.opt_init(params)
-    batches = input_pipeline.numpy_batches(
-        ds, start_step=start_step, threads=input_pipeline.input_threads(input_threads)
-    )
+    threads = input_pipeline.input_threads(input_threads)
+    batches = input_pipeline.numpy_batches(ds, start_step=start_step, threads=threads)
     if is_main:
         run_dir.write_config(model_dir, gin.config_str(), start_step, train_steps)
         run_dir.truncate_metrics(model_dir, start_step)
