@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import types
 
 import pytest
 import seqio
@@ -17,6 +18,7 @@ from dsbs_jax.data.cards import load_card
 from dsbs_jax.data.prepare import prepare
 from dsbs_jax.data.tasks import register_card_tasks, register_dsbs_mixture
 from dsbs_jax.errors import UserError
+from dsbs_jax.weighting import tasks_and_rates
 
 LENGTHS = {"inputs": 256, "targets": 128}
 
@@ -251,3 +253,33 @@ def test_private_input_threads_give_the_same_batches(svamp_dir):
     assert input_pipeline.input_threads(3, cores=2) == 3
     with pytest.raises(UserError, match="INPUT_THREADS -1"):
         input_pipeline.input_threads(-1)
+
+
+@pytest.mark.parametrize(
+    "name, lengths, pack",
+    [("svamp_dsbs", {"inputs": 96, "targets": 64}, True), ("svamp_distill", LENGTHS, False)],
+)
+def test_examples_kept_in_memory_give_the_same_batches(svamp_dir, monkeypatch, name, lengths, pack):
+    """A small split's preprocessed examples are kept in memory across epochs: the batches and
+    their order over several epochs are those of preprocessing every epoch again."""
+    from dsbs_jax.train import input_pipeline
+
+    split = "train[:12]"  # a dozen examples an epoch: 40 batches of 4 rows cross several epochs
+    tasks, _ = tasks_and_rates(name)
+    assert input_pipeline._keep_in_memory(tasks, split)
+    other = types.SimpleNamespace(source=seqio.FunctionDataSource(lambda split, shuffle_files: None, ["train"]))
+    assert not input_pipeline._keep_in_memory([other], split)  # not ours: seqio's own path
+
+    def batches():
+        ds, _, _ = input_pipeline.build_dataset(name, lengths, 4, split=split, seed=3, pack=pack)
+        it = input_pipeline.numpy_batches(ds, threads=1)
+        return [next(it) for _ in range(40)]
+
+    kept = batches()
+    monkeypatch.setattr(input_pipeline, "MAX_EXAMPLES_IN_MEMORY", 0)
+    assert not input_pipeline._keep_in_memory(tasks, split)
+    again = batches()
+    for a, b in zip(kept, again, strict=True):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert (a[k] == b[k]).all(), k

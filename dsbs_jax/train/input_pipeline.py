@@ -2,7 +2,8 @@
 
 `exact` weighting: each example's tasks (a dsbs mixture's label and rationale) travel together,
 adjacent in the stream and so packed into the same batch; `sampling` weighting: tasks are drawn
-at their rates, as T5X does. The weights themselves come from `dsbs_jax.weighting`. Every host
+at their rates, as T5X does. The weights themselves come from `dsbs_jax.weighting`. A dsbs
+task's small split is preprocessed once and replayed from memory each epoch (same order). Every host
 reads only its own shard (seqio.ShardInfo by process index) and yields its share of the global
 batch.
 """
@@ -18,22 +19,66 @@ import seqio
 import tensorflow as tf
 
 from dsbs_jax.data.features import TASK_IDS, TaskWeightedEncDecFeatureConverter, add_task_ids
+from dsbs_jax.data.tasks import DsbsTfdsSource
 from dsbs_jax.errors import UserError
 from dsbs_jax.weighting import task_weights, tasks_and_rates
 
 KEEP = ("inputs", "targets", TASK_IDS)
 
 
+# A dsbs task's split of up to this many examples keeps its preprocessed (rendered, tokenized)
+# examples in memory, so later epochs skip the text preprocessing. Other seqio tasks, and larger
+# splits, are preprocessed again each epoch, as seqio does (their post-cache preprocessors may
+# draw new samples each epoch).
+MAX_EXAMPLES_IN_MEMORY = 100_000
+
+
+def _split_size(task, split: str) -> int | None:
+    try:
+        return task.source.num_input_examples(split)
+    except Exception:  # a source that cannot count this split
+        return None
+
+
+def _keep_in_memory(tasks, split: str) -> bool:
+    """Whether every task is a dsbs task (deterministic preprocessing) with a small split."""
+    for task in tasks:
+        if not isinstance(task.source, DsbsTfdsSource):
+            return False
+        size = _split_size(task, split)
+        if size is None or size > MAX_EXAMPLES_IN_MEMORY:
+            return False
+    return True
+
+
 def _task_dataset(task, index, lengths, split, use_cached, shuffle, seed, shard_info, repeat):
-    ds = task.get_dataset(
-        sequence_length=dict(lengths),
-        split=split,
-        use_cached=use_cached,
-        shuffle=shuffle,
-        seed=seed,
-        shard_info=shard_info,
-        num_epochs=None if repeat else 1,
-    )
+    if not repeat or not _keep_in_memory([task], split):
+        ds = task.get_dataset(
+            sequence_length=dict(lengths),
+            split=split,
+            use_cached=use_cached,
+            shuffle=shuffle,
+            seed=seed,
+            shard_info=shard_info,
+            num_epochs=None if repeat else 1,
+        )
+    else:
+        # seqio's own order (preprocess, repeat, shuffle), with one epoch of preprocessed
+        # examples kept in memory: the same examples in the same order, preprocessed once. A
+        # one-element shuffle buffer keeps the source's (file) shuffling and nothing else.
+        ds = task.get_dataset(
+            sequence_length=dict(lengths),
+            split=split,
+            use_cached=use_cached,
+            shuffle=shuffle,
+            shuffle_buffer_size=1,
+            seed=seed,
+            shard_info=shard_info,
+            num_epochs=1,
+        )
+        ds = ds.cache().repeat()
+        if shuffle:
+            ds = ds.shuffle(task.shuffle_buffer_size, seed=seed)
     ds = add_task_ids(ds, index)
     return ds.map(lambda ex: {k: ex[k] for k in (*KEEP, "id") if k in ex})
 
@@ -70,6 +115,8 @@ def build_dataset(
                 return exs
 
             zipped = zipped.map(check)
+        if _keep_in_memory(tasks, split):  # each epoch replays the preprocessed examples
+            zipped = zipped.cache()
         zipped = zipped.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
 
         def interleave(*exs):
