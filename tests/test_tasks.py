@@ -267,7 +267,9 @@ def test_examples_kept_in_memory_give_the_same_batches(svamp_dir, monkeypatch, n
     split = "train[:12]"  # a dozen examples an epoch: 40 batches of 4 rows cross several epochs
     tasks, _ = tasks_and_rates(name)
     assert input_pipeline._keep_in_memory(tasks, split)
-    other = types.SimpleNamespace(source=seqio.FunctionDataSource(lambda split, shuffle_files: None, ["train"]))
+    other = types.SimpleNamespace(
+        source=seqio.FunctionDataSource(lambda split, shuffle_files: None, ["train"])
+    )
     assert not input_pipeline._keep_in_memory([other], split)  # not ours: seqio's own path
 
     def batches():
