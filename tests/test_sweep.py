@@ -198,7 +198,8 @@ def test_bad_flags_are_one_line_errors(tmp_path, capsys):
     assert main(["report", str(tmp_path / "nothing")]) == 2
 
 
-def test_best_validation_selection_scores_a_checked_step(tiny_data, tmp_path):
+@pytest.mark.parametrize("select", ["best_validation", "best_validation_loss"])
+def test_best_validation_selection_scores_a_checked_step(tiny_data, tmp_path, select):
     from dsbs_jax.experiments.config import SweepConfig
     from dsbs_jax.experiments.runner import run_sweep
 
@@ -206,10 +207,59 @@ def test_best_validation_selection_scores_a_checked_step(tiny_data, tmp_path):
     cfg = SweepConfig(
         task="arith", data_dir=data_dir, out=str(tmp_path / "sel"), methods=("distill",),
         fractions=(100,), seeds=1, steps=4, batch_size=8, model="micro", test_examples=8,
-        select="best_validation", select_every=2, validation_examples=8,
+        select=select, select_every=2, validation_examples=8,
     )  # fmt: skip
     (r,) = run_sweep(cfg, log=lambda s: None)
     assert r.selected_step in (2, 4)  # the steps the hook checked
-    assert "best_validation" in open(tmp_path / "sel" / "sweep.json").read()
+    assert f'"{select}"' in open(tmp_path / "sel" / "sweep.json").read()
     with pytest.raises(UserError, match="--select"):
         SweepConfig(task="arith", data_dir=data_dir, out=str(tmp_path), select="best")
+
+
+def test_validation_loss_keeps_the_parameters_with_the_lowest_gold_answer_loss():
+    """The selection loss is the gold answers' teacher-forced cross entropy (answer tokens and
+    EOS, padding left out), and the hook keeps the parameters that scored lowest."""
+    import types
+
+    import jax
+    import numpy as np
+
+    from dsbs_jax.model.t5 import T5Config, Transformer
+
+    vocab = types.SimpleNamespace(encode=lambda s: [ord(c) % 40 + 2 for c in s])
+    examples = [{"input": "3 + 4 * 2", "gold_label": "14"}, {"input": "9 - 5", "gold_label": "4"}]
+    model = Transformer(
+        T5Config(vocab_size=64, emb_dim=16, num_heads=2, head_dim=8, num_encoder_layers=1,
+                 num_decoder_layers=1, mlp_dim=32)
+    )  # fmt: skip
+    hook = scoring.KeepBestOnValidationLoss(
+        examples, load_card("arith"), vocab, {"inputs": 16, "labels": 4}, 1, {}
+    )
+    assert hook.targets[0].tolist() == [*vocab.encode("14"), 1, 0]  # EOS, then padding
+    assert hook.decoder_inputs[0].tolist() == [0, *hook.targets[0, :-1]]
+
+    def init(seed):
+        return model.init(jax.random.PRNGKey(seed), hook.inputs, hook.decoder_inputs,
+                          hook.targets, enable_dropout=False)["params"]  # fmt: skip
+
+    def by_hand(params):
+        logits = model.apply({"params": params}, hook.inputs, hook.decoder_inputs, hook.targets,
+                             enable_dropout=False)  # fmt: skip
+        logp = np.asarray(jax.nn.log_softmax(logits))
+        picked = np.take_along_axis(logp, hook.targets[..., None], -1)[..., 0]
+        real = hook.targets > 0
+        return -(picked * real).sum() / real.sum()
+
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
+    candidates = [init(seed) for seed in range(3)]
+    seen = []
+    for step, params in enumerate(candidates, start=1):
+        hook.on_step(types.SimpleNamespace(model=model, mesh=mesh, rules=(), params=params,
+                                           step=step))  # fmt: skip
+        seen.append(by_hand(params))
+        assert hook.best == pytest.approx(min(seen), rel=1e-5)
+    best = int(np.argmin(seen))
+    assert hook.best_step == best + 1
+    kept = jax.tree.leaves(hook.params)
+    for a, b in zip(kept, jax.tree.leaves(candidates[best]), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -13,6 +13,7 @@ import os
 from typing import TYPE_CHECKING
 
 from dsbs_jax.errors import UserError
+from dsbs_jax.experiments.config import SELECTIONS
 from dsbs_jax.experiments.config import SweepConfig as SweepConfigFields
 
 if TYPE_CHECKING:
@@ -101,9 +102,10 @@ def add_sweep_arguments(parser: argparse.ArgumentParser, defaults: dict | None =
     parser.add_argument("--test_examples", type=int, help="score the first N test examples")
     parser.add_argument(
         "--select",
-        choices=("last", "best_validation"),
+        choices=SELECTIONS,
         help="which parameters are scored: the last step's, or those with the best direct-answer "
-        f"accuracy on validation, checked every --select_every steps (default {show('select')})",
+        "accuracy (best_validation) or the lowest gold-answer loss (best_validation_loss) on "
+        f"validation, checked every --select_every steps (default {show('select')})",
     )
     parser.add_argument(
         "--select_every",

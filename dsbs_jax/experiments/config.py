@@ -39,7 +39,7 @@ CORE = (
     "select",
     "select_every",
 )
-SELECTIONS = ("last", "best_validation")
+SELECTIONS = ("last", "best_validation", "best_validation_loss")
 
 
 @dataclasses.dataclass
@@ -69,6 +69,7 @@ class SweepConfig:
     initial_checkpoint: str | None = None
     vocabulary: str | None = None
     select: str = "last"  # which parameters are scored: the last, or the best on validation
+    # (accuracy, or the gold answers' loss)
     select_every: int = 50  # steps between validation checks (select best_validation)
     validation_examples: int | None = 200
     workers: int = 1  # processes that run the planned runs side by side (not a core setting)

@@ -20,14 +20,16 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import numpy as np
 from clu import metric_writers
 
 from dsbs_jax import atomic, metrics
+from dsbs_jax.data import text as text_lib
 from dsbs_jax.data.cards import TaskCard
 from dsbs_jax.data.text import LABEL_PREFIX, RATIONALE_PREFIX
 from dsbs_jax.records import OK
 from dsbs_jax.teacher.parse import parse_output
-from dsbs_jax.train import evaluation
+from dsbs_jax.train import evaluation, losses
 from dsbs_jax.train.hooks import Hook, RunState
 
 _LAST_RESULT = re.compile(r"=\s*(-?\d+(?:\.\d+)?)(?!.*=)", re.DOTALL)
@@ -85,6 +87,46 @@ class KeepBestOnValidation(Hook):
         acc = accuracy(out, [ex["gold_label"] for ex in self.examples], self.card.metric)
         if acc > self.best:  # a copy: the next update step reuses (donates) the live buffers
             self.best, self.best_step = acc, state.step
+            self.params = jax.tree.map(lambda x: x.copy(), state.params)
+
+
+class KeepBestOnValidationLoss(KeepBestOnValidation):
+    """Every `every` steps: the cross entropy of the gold answers to the validation examples
+    (`predict:` inputs, teacher-forced, mean over answer tokens and EOS); keeps a copy of the
+    parameters with the lowest so far (the earlier step on a tie). One forward pass, no decoding;
+    the same rule for every method."""
+
+    def __init__(self, examples, card, vocab, lengths, every: int, cache: dict):
+        super().__init__(examples, card, vocab, lengths, every, cache)
+        self.best = math.inf
+        texts = [LABEL_PREFIX + ex["input"] for ex in examples]
+        self.inputs, _ = text_lib.encode_inputs(vocab, texts, lengths["inputs"])
+        golds = [ex["gold_label"] for ex in examples]
+        self.targets, _ = text_lib.encode_inputs(vocab, golds, lengths["labels"])
+        self.decoder_inputs = np.pad(self.targets[:, :-1], ((0, 0), (1, 0)))
+
+    def _loss_fn(self, model):
+        key = ("validation_loss", model.config, self.inputs.shape, self.targets.shape)
+        if key not in self.cache:
+
+            @jax.jit
+            def loss(params, inputs, decoder_inputs, targets):
+                logits = model.apply(
+                    {"params": params}, inputs, decoder_inputs, targets, enable_dropout=False
+                )
+                tokens = losses.token_losses(logits, targets, plain=True)
+                real = (targets > 0).astype(tokens.dtype)
+                return (tokens * real).sum() / real.sum()
+
+            self.cache[key] = loss
+        return self.cache[key]
+
+    def on_step(self, state: RunState) -> None:
+        fn = self._loss_fn(state.model)
+        with state.mesh, nn.logical_axis_rules(state.rules):
+            value = float(fn(state.params, self.inputs, self.decoder_inputs, self.targets))
+        if value < self.best:  # a copy: the next update step reuses (donates) the live buffers
+            self.best, self.best_step = value, state.step
             self.params = jax.tree.map(lambda x: x.copy(), state.params)
 
 

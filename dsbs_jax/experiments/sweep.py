@@ -35,7 +35,11 @@ from dsbs_jax.data.cards import load_card
 from dsbs_jax.errors import UserError
 from dsbs_jax.experiments import data as data_lib
 from dsbs_jax.experiments.config import Plan, SweepConfig, plan_runs
-from dsbs_jax.experiments.scoring import KeepBestOnValidation, ScoreTestSet
+from dsbs_jax.experiments.scoring import (
+    KeepBestOnValidation,
+    KeepBestOnValidationLoss,
+    ScoreTestSet,
+)
 from dsbs_jax.model.t5 import T5Config
 from dsbs_jax.report import results as results_lib
 from dsbs_jax.report.results import SWEEP_FILE
@@ -119,7 +123,7 @@ class Sweep:
         self.test = data_lib.test_set(self.card.name, cfg.data_dir, cfg.test_examples)
         self.validation = (
             data_lib.test_set(self.card.name, cfg.data_dir, cfg.validation_examples, "validation")
-            if cfg.select == "best_validation"
+            if cfg.select != "last"
             else []
         )
         self._write_info()
@@ -201,8 +205,12 @@ class Sweep:
         if os.path.exists(model_dir):
             shutil.rmtree(model_dir)  # an unfinished run: start it again from scratch
         os.makedirs(model_dir)
+        selector = {
+            "best_validation": KeepBestOnValidation,
+            "best_validation_loss": KeepBestOnValidationLoss,
+        }.get(self.cfg.select)
         select = (
-            KeepBestOnValidation(
+            selector(
                 self.validation,
                 self.card,
                 self.vocab,
@@ -210,7 +218,7 @@ class Sweep:
                 self.cfg.select_every,
                 self.cache,
             )  # fmt: skip
-            if self.cfg.select == "best_validation"
+            if selector is not None
             else None
         )
         score = ScoreTestSet(

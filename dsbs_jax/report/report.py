@@ -18,6 +18,10 @@ from dsbs_jax.report.results import SWEEP_FILE, RunResult, read_results
 TABLE_FILE = "table.md"
 REPORT_FILE = "report.md"
 PLOT_FILE = "accuracy.png"
+_SELECTED_ON = {
+    "best_validation": "direct-answer accuracy",
+    "best_validation_loss": "gold-answer loss",
+}
 
 
 def read_sweep_info(out_dir: str) -> dict[str, Any]:
@@ -98,8 +102,8 @@ def write_report(out_dir: str) -> dict[str, str]:
         f"- seeds from {core.get('seed')}; alpha {core.get('alpha')}; scored parameters: "
         f"{core.get('select', 'last')}"
         + (
-            f" (direct-answer accuracy on validation every {core.get('select_every')} steps)"
-            if core.get("select") == "best_validation"
+            f" ({_SELECTED_ON[core['select']]} on validation every {core.get('select_every')} steps)"
+            if core.get("select") in _SELECTED_ON
             else " step's"
         ),
     ]
