@@ -70,7 +70,7 @@ class SweepConfig:
     vocabulary: str | None = None
     select: str = "last"  # which parameters are scored: the last, or the best on validation
     # (accuracy, or the gold answers' loss)
-    select_every: int = 50  # steps between validation checks (select best_validation)
+    select_every: int = 50  # steps between validation checks (select best_validation*)
     validation_examples: int | None = 200
     workers: int = 1  # processes that run the planned runs side by side (not a core setting)
 

@@ -71,22 +71,30 @@ class KeepBestOnValidation(Hook):
     against gold; keeps a copy of the parameters with the best accuracy so far (the earlier step
     on a tie). The same selection rule for every method; `ScoreTestSet` scores the kept ones."""
 
+    higher_is_better = True
+
     def __init__(self, examples, card, vocab, lengths, every: int, cache: dict):
         self.examples, self.card, self.vocab, self.lengths = examples, card, vocab, lengths
         self.every, self.cache = every, cache
-        self.best, self.best_step, self.params = -1.0, 0, None
+        self.best = -math.inf if self.higher_is_better else math.inf
+        self.best_step, self.params = 0, None
 
     def due(self, state: RunState) -> bool:
         return state.step % self.every == 0 or state.final
 
-    def on_step(self, state: RunState) -> None:
+    def score(self, state: RunState) -> float:
+        """The validation accuracy (%) of the direct answers."""
         texts = [LABEL_PREFIX + ex["input"] for ex in self.examples]
         out = _decode(
             state, self.cache, self.vocab, texts, self.lengths["inputs"], self.lengths["labels"]
         )
-        acc = accuracy(out, [ex["gold_label"] for ex in self.examples], self.card.metric)
-        if acc > self.best:  # a copy: the next update step reuses (donates) the live buffers
-            self.best, self.best_step = acc, state.step
+        return accuracy(out, [ex["gold_label"] for ex in self.examples], self.card.metric)
+
+    def on_step(self, state: RunState) -> None:
+        value = self.score(state)
+        better = value > self.best if self.higher_is_better else value < self.best
+        if better:  # a copy: the next update step reuses (donates) the live buffers
+            self.best, self.best_step = value, state.step
             self.params = jax.tree.map(lambda x: x.copy(), state.params)
 
 
@@ -96,9 +104,10 @@ class KeepBestOnValidationLoss(KeepBestOnValidation):
     parameters with the lowest so far (the earlier step on a tie). One forward pass, no decoding;
     the same rule for every method."""
 
+    higher_is_better = False
+
     def __init__(self, examples, card, vocab, lengths, every: int, cache: dict):
         super().__init__(examples, card, vocab, lengths, every, cache)
-        self.best = math.inf
         texts = [LABEL_PREFIX + ex["input"] for ex in examples]
         self.inputs, _ = text_lib.encode_inputs(vocab, texts, lengths["inputs"])
         golds = [ex["gold_label"] for ex in examples]
@@ -121,13 +130,11 @@ class KeepBestOnValidationLoss(KeepBestOnValidation):
             self.cache[key] = loss
         return self.cache[key]
 
-    def on_step(self, state: RunState) -> None:
+    def score(self, state: RunState) -> float:
+        """The gold answers' mean token cross entropy on validation."""
         fn = self._loss_fn(state.model)
         with state.mesh, nn.logical_axis_rules(state.rules):
-            value = float(fn(state.params, self.inputs, self.decoder_inputs, self.targets))
-        if value < self.best:  # a copy: the next update step reuses (donates) the live buffers
-            self.best, self.best_step = value, state.step
-            self.params = jax.tree.map(lambda x: x.copy(), state.params)
+            return float(fn(state.params, self.inputs, self.decoder_inputs, self.targets))
 
 
 class ScoreTestSet(Hook):

@@ -3,9 +3,9 @@
 `exact` weighting: each example's tasks (a dsbs mixture's label and rationale) travel together,
 adjacent in the stream and so packed into the same batch; `sampling` weighting: tasks are drawn
 at their rates, as T5X does. The weights themselves come from `dsbs_jax.weighting`. A dsbs
-task's small split is preprocessed once and replayed from memory each epoch (same order). Every host
-reads only its own shard (seqio.ShardInfo by process index) and yields its share of the global
-batch.
+task's small split is preprocessed once and replayed from memory each epoch (same order). Every
+host reads only its own shard (seqio.ShardInfo by process index) and yields its share of the
+global batch.
 """
 
 from __future__ import annotations
@@ -52,30 +52,21 @@ def _keep_in_memory(tasks, split: str) -> bool:
 
 
 def _task_dataset(task, index, lengths, split, use_cached, shuffle, seed, shard_info, repeat):
-    if not repeat or not _keep_in_memory([task], split):
-        ds = task.get_dataset(
-            sequence_length=dict(lengths),
-            split=split,
-            use_cached=use_cached,
-            shuffle=shuffle,
-            seed=seed,
-            shard_info=shard_info,
-            num_epochs=None if repeat else 1,
-        )
-    else:
-        # seqio's own order (preprocess, repeat, shuffle), with one epoch of preprocessed
-        # examples kept in memory: the same examples in the same order, preprocessed once. A
-        # one-element shuffle buffer keeps the source's (file) shuffling and nothing else.
-        ds = task.get_dataset(
-            sequence_length=dict(lengths),
-            split=split,
-            use_cached=use_cached,
-            shuffle=shuffle,
-            shuffle_buffer_size=1,
-            seed=seed,
-            shard_info=shard_info,
-            num_epochs=1,
-        )
+    # Kept in memory: seqio's own order (preprocess, repeat, shuffle) with one epoch of
+    # preprocessed examples cached, so the same examples come in the same order, preprocessed
+    # once; its one-element shuffle buffer keeps the source's (file) shuffling and nothing else.
+    keep = repeat and _keep_in_memory([task], split)
+    ds = task.get_dataset(
+        sequence_length=dict(lengths),
+        split=split,
+        use_cached=use_cached,
+        shuffle=shuffle,
+        shuffle_buffer_size=1 if keep else None,
+        seed=seed,
+        shard_info=shard_info,
+        num_epochs=None if repeat and not keep else 1,
+    )
+    if keep:
         ds = ds.cache().repeat()
         if shuffle:
             ds = ds.shuffle(task.shuffle_buffer_size, seed=seed)
