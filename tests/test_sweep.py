@@ -174,6 +174,44 @@ def test_two_workers_run_every_planned_run_exactly_once(tiny_data, tmp_path):
     assert not (out / "claims").exists()
     for r in runs:
         assert (out / r.model_dir / "test_predictions.jsonl").exists()
+    # The workers' standard error (library start-up chatter) is in their logs, not the terminal.
+    assert {f.name for f in (out / "worker_logs").iterdir()} == {"worker_0.log", "worker_1.log"}
+    assert not any("worker 0|" in x or "worker 1|" in x for x in lines)
+
+
+def test_a_failing_worker_prints_the_end_of_its_log_and_stops_with_one_error(tmp_path, capsys):
+    from dsbs_jax.experiments.config import SweepConfig
+    from dsbs_jax.experiments.workers import run_in_workers
+
+    missing = tmp_path / "no_data"
+    cfg = SweepConfig(task="arith", data_dir=str(missing), out=str(tmp_path / "s"), steps=2)
+    with pytest.raises(UserError, match=r"sweep workers exited with \[2, 2\]; rerun"):
+        run_in_workers(cfg, 2, log=lambda s: None)
+    err = capsys.readouterr().err
+    for i in (0, 1):
+        assert f"worker {i} exited with 2; the end of " in err
+        assert f"worker_{i}.log" in err
+    assert "error: " in err and "Traceback" not in err
+
+
+def test_workers_start_on_different_programs_then_take_the_most_expensive_runs():
+    from dsbs_jax.experiments.config import SweepConfig, plan_runs
+    from dsbs_jax.experiments.workers import worker_order
+
+    cfg = SweepConfig(task="arith", data_dir="d", out="o", seeds=2, fractions=(50, 100), steps=10)
+    lengths = {"inputs": 48, "labels": 4, "rationales": 48}
+    todo = plan_runs(cfg, "arith", "arith_dsbs", 100, lengths)
+    orders = [worker_order(todo, i) for i in range(3)]
+    for order in orders:
+        assert sorted(map(id, order)) == sorted(map(id, todo))  # every run, once
+    # Worker 0 starts on the dsbs program, worker 1 on the label-only one (fine-tuning and
+    # distillation share it), worker 2 wraps around; after the first run, most expensive first.
+    assert orders[0][0].method == "dsbs" and orders[2][0] is orders[0][0]
+    assert orders[1][0].method in ("finetune", "distill") and not orders[1][0].pack
+    for order in orders:
+        costs = [p.steps * p.rows * p.target_length for p in order[1:]]
+        assert costs == sorted(costs, reverse=True)
+    assert worker_order([], 1) == []
 
 
 def test_resume_with_other_settings_is_refused(tiny_data, tmp_path, capsys):

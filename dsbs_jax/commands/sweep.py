@@ -115,7 +115,8 @@ def add_sweep_arguments(parser: argparse.ArgumentParser, defaults: dict | None =
     parser.add_argument(
         "--workers",
         type=int,
-        help="worker processes running runs side by side, one thread each (default 1)",
+        help="worker processes running runs side by side, one XLA thread each "
+        f"(default {show('workers')})",
     )
 
 

@@ -2,16 +2,18 @@
 
     parent: Sweep.setup (lengths measured, sweep.json written), then N workers:
         python -m dsbs_jax.experiments.workers OUT/workers.json INDEX
-    worker: the same Sweep, set up once; walks the planned runs, most expensive first, and takes
-        each run whose claim file OUT/claims/<method>_<fraction>_<seed> it creates first
-        (O_CREAT | O_EXCL), so no run is trained twice and a worker never idles while work is
-        left; appends each result to OUT/results.jsonl (one locked write per line).
+    worker: the same Sweep, set up once; walks the planned runs, most expensive first (after
+        one run of a program of its own: `worker_order`), and takes each run whose claim file
+        OUT/claims/<method>_<fraction>_<seed> it creates first (O_CREAT | O_EXCL), so no run is
+        trained twice and a worker never idles while work is left; appends each result to
+        OUT/results.jsonl (one locked write per line). Its progress lines go to the parent,
+        its standard error to OUT/worker_logs/worker_INDEX.log (printed if it fails).
 
-Each worker runs XLA and TensorFlow on one thread: small students do not speed up with more
-threads per step, and N single-threaded processes keep N cores busy through the Python, input
-pipeline and checkpoint work that one process leaves serial. The workers share JAX's persistent
-compilation cache on disk (OUT/.jax_cache, set in their environment). A run's result depends only
-on its own seed and settings.
+Each worker runs XLA and TensorFlow on one thread: small students gain little from more threads
+per step (the quickstart's about 10% from a second one), and N single-threaded processes keep N
+cores busy through the Python, input pipeline and checkpoint work that one process leaves
+serial. The workers share JAX's persistent compilation cache on disk (OUT/.jax_cache, set in
+their environment). A run's result depends only on its own seed and settings.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from dsbs_jax.experiments.sweep import Sweep, config_dict
 
 CONFIG_FILE = "workers.json"
 CLAIMS = "claims"
+LOGS = "worker_logs"
+_TAIL_LINES = 30  # of a failed worker's log
 
 # One thread for XLA's CPU backend, TensorFlow's input pipeline and any BLAS a worker loads.
 _ONE_THREAD_XLA = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
@@ -60,36 +64,76 @@ def _cost(plan: Plan) -> int:
     return plan.steps * plan.rows * plan.target_length
 
 
+def _program(plan: Plan) -> tuple:
+    """What sets a run's compiled programs: runs with the same key share them (fine-tuning and
+    distillation do, at the same lengths)."""
+    return (plan.rows, plan.input_length, plan.target_length, plan.pack)
+
+
+def worker_order(todo: list[Plan], index: int) -> list[Plan]:
+    """The order in which worker `index` tries to claim runs: most expensive first, except that
+    worker i starts with the first run of the i-th program (in that order, wrapping around).
+
+    Workers that start together then compile different programs, each into the shared
+    persistent cache, and find the others' programs there when they reach those runs, instead
+    of all compiling the most expensive one at once."""
+    order = sorted(todo, key=_cost, reverse=True)
+    firsts: dict[tuple, Plan] = {}
+    for plan in order:
+        firsts.setdefault(_program(plan), plan)
+    if not firsts:
+        return order
+    first = list(firsts.values())[index % len(firsts)]
+    return [first] + [p for p in order if p is not first]
+
+
+def worker_log(out: str, index: int) -> str:
+    """Where worker `index` writes its standard error (library start-up chatter, tracebacks)."""
+    return os.path.join(out, LOGS, f"worker_{index}.log")
+
+
 def run_in_workers(config: SweepConfig, n: int, log: Callable[[str], None]) -> None:
-    """Runs the sweep's unfinished runs in `n` worker processes and waits for all of them."""
+    """Runs the sweep's unfinished runs in `n` worker processes and waits for all of them.
+
+    Their progress lines come to `log`; their standard error goes to OUT/worker_logs/, and the
+    end of a failed worker's log is printed."""
     out = os.path.abspath(config.out)
     claims = os.path.join(out, CLAIMS)
     shutil.rmtree(claims, ignore_errors=True)
     os.makedirs(claims)
+    os.makedirs(os.path.join(out, LOGS), exist_ok=True)
     path = os.path.join(out, CONFIG_FILE)
     with open(path, "w", encoding="utf-8") as f:
         json.dump(config_dict(config), f, indent=1, sort_keys=True)
     env = worker_env(out)
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "dsbs_jax.experiments.workers", path, str(i)],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            bufsize=1,
-        )
-        for i in range(n)
-    ]
+    procs = []
+    for i in range(n):
+        with open(worker_log(out, i), "w", encoding="utf-8") as err:
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "dsbs_jax.experiments.workers", path, str(i)],
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    stderr=err,
+                    text=True,
+                    bufsize=1,
+                )
+            )
     _relay(procs, log)
     codes = [p.wait() for p in procs]
     shutil.rmtree(claims, ignore_errors=True)
+    for i, code in enumerate(codes):
+        if code:
+            with open(worker_log(out, i), encoding="utf-8", errors="replace") as f:
+                tail = f.read().splitlines()[-_TAIL_LINES:]
+            print(f"worker {i} exited with {code}; the end of {worker_log(out, i)}:", file=sys.stderr)
+            print("\n".join("  " + line for line in tail), file=sys.stderr, flush=True)
     if any(codes):
         raise UserError(f"sweep workers exited with {codes}; rerun the same command to resume")
 
 
 def _relay(procs: list[subprocess.Popen], log: Callable[[str], None]) -> None:
-    """Passes the workers' progress lines to `log` as they come (and other output as is)."""
+    """Passes the workers' progress lines to `log` as they come (other output as is)."""
     sel = selectors.DefaultSelector()
     for i, p in enumerate(procs):
         sel.register(p.stdout, selectors.EVENT_READ, i)
@@ -127,11 +171,19 @@ def worker_main(config_path: str, index: int) -> int:
     t0 = time.perf_counter()
     sweep.setup()
     plans = sweep.plans()
-    todo = sorted(sweep.todo(plans), key=_cost, reverse=True)
+    todo = worker_order(sweep.todo(plans), index)
     print(f"@set up in {time.perf_counter() - t0:.1f} s", flush=True)
     sweep.run_plans(todo, len(plans), claim=lambda p: _claim(sweep.out, p))
     return 0
 
 
+def _main(argv: list[str]) -> int:
+    try:
+        return worker_main(argv[0], int(argv[1]))
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 2
+
+
 if __name__ == "__main__":
-    sys.exit(worker_main(sys.argv[1], int(sys.argv[2])))
+    sys.exit(_main(sys.argv[1:]))
