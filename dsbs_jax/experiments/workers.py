@@ -126,7 +126,9 @@ def run_in_workers(config: SweepConfig, n: int, log: Callable[[str], None]) -> N
         if code:
             with open(worker_log(out, i), encoding="utf-8", errors="replace") as f:
                 tail = f.read().splitlines()[-_TAIL_LINES:]
-            print(f"worker {i} exited with {code}; the end of {worker_log(out, i)}:", file=sys.stderr)
+            print(
+                f"worker {i} exited with {code}; the end of {worker_log(out, i)}:", file=sys.stderr
+            )
             print("\n".join("  " + line for line in tail), file=sys.stderr, flush=True)
     if any(codes):
         raise UserError(f"sweep workers exited with {codes}; rerun the same command to resume")
