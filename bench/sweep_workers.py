@@ -3,8 +3,9 @@
 On the quickstart's data (the built-in `arith` task, default budget sizes, written to a temporary
 folder once), the same sweep runs as `dsbs sweep ... --workers 1` and `--workers N` (default 2),
 each in a fresh process with a fresh output folder (so each side pays its start, imports and
-compiles), the side that goes first alternating over `--rounds`. Prints each wall time and their ratio. The two sides
-round differently (one-thread XLA), so their accuracies are not compared.
+compiles), the side that goes first alternating over `--rounds`. Prints each wall time and
+their ratio. The two sides round differently (one-thread XLA), so their accuracies are not
+compared.
 
     python bench/sweep_workers.py                      # 4 runs of 300 steps, 2 rounds
     python bench/sweep_workers.py --steps 1000 --workers 2 --rounds 1
