@@ -2,6 +2,7 @@
 
     JAX_PLATFORMS=cpu python bench/tpu_vs_t5x.py --t5x_dir PATH/TO/t5x [--topology v5e:4x4]
         [--meshes 16x1,4x4] [--which ours,t5x] [--float32_attention_logits] [--dropout 0.1]
+        [--rules standard|fsdp] [--layers N]
 
 Both sides: T5 v1.1 base, bfloat16 activations, dropout 0.1, batch 256 of 512/128 tokens, optax
 Adafactor (`optimizers.make_optimizer`), cross-entropy + z-loss 1e-4, T5X's standard logical-axis
@@ -41,6 +42,9 @@ from dsbs_jax.train import step as step_lib  # noqa: E402
 SIZES = {
     "base": dict(vocab_size=32128, emb_dim=768, num_heads=12, num_encoder_layers=12,
                  num_decoder_layers=12, head_dim=64, mlp_dim=2048),
+    # The paper's largest student (compile it with --layers 2 for its collectives in minutes).
+    "xxl": dict(vocab_size=32128, emb_dim=4096, num_heads=64, num_encoder_layers=24,
+                num_decoder_layers=24, head_dim=64, mlp_dim=10240),
     # A quick check of the same structure (seconds to compile instead of minutes).
     "tiny": dict(vocab_size=512, emb_dim=128, num_heads=4, num_encoder_layers=2,
                  num_decoder_layers=2, head_dim=32, mlp_dim=256),
@@ -182,16 +186,28 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=BATCH)
     p.add_argument("--dropout", type=float, default=DROPOUT, help="dropout rate of both steps")
     p.add_argument("--lengths", default=f"{ENC},{DEC}", help="encoder,decoder lengths")
+    p.add_argument(
+        "--layers", type=int, default=0, help="encoder and decoder layers (0: the size's)"
+    )
+    p.add_argument(
+        "--rules",
+        default="standard",
+        choices=("standard", "fsdp"),
+        help="logical-axis rules of both steps (fsdp: meshes/fsdp.gin's)",
+    )
     args = p.parse_args()
     BASE, BATCH, DROPOUT = SIZES[args.size], args.batch, args.dropout
+    if args.layers:
+        BASE = dict(BASE, num_encoder_layers=args.layers, num_decoder_layers=args.layers)
     ENC, DEC = (int(n) for n in args.lengths.split(","))
     which = args.which.split(",")
     if "t5x" in which and not args.t5x_dir:
         p.error("--t5x_dir (or $T5X_DIR) is needed for the T5X anchor")
     network = load_t5x_network(args.t5x_dir) if "t5x" in which else None
-    rules = partitioning.STANDARD_RULES
-    print(f"T5 v1.1 {args.size}, bfloat16, dropout {DROPOUT}, batch {BATCH} of {ENC}/{DEC}, "
-          f"{args.topology}")  # fmt: skip
+    rules = partitioning.logical_axis_rules(args.rules)
+    print(f"T5 v1.1 {args.size} ({BASE['num_encoder_layers']}+{BASE['num_decoder_layers']} "
+          f"layers), bfloat16, dropout {DROPOUT}, batch {BATCH} of {ENC}/{DEC}, {args.topology}, "
+          f"{args.rules} rules")  # fmt: skip
     print("| step | mesh | attention logits | arguments GiB | temp GiB | "
           "all-reduce / all-gather / all-to-all | reduce-scatter | compile |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|")
