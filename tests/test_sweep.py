@@ -214,6 +214,31 @@ def test_workers_start_on_different_programs_then_take_the_most_expensive_runs()
     assert worker_order([], 1) == []
 
 
+@pytest.mark.skipif(
+    not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+    reason="needs an OS that pins processes to cores (Linux) and two cores",
+)
+def test_each_worker_process_sees_one_core_of_the_parents(tmp_path):
+    """XLA sizes its thread pools to the cores a process may use: a worker sees one core."""
+    import subprocess
+    import sys
+
+    from dsbs_jax.experiments.workers import worker_command
+
+    (tmp_path / "probe_cores.py").write_text(
+        "import json, os, sys\n"
+        "print(json.dumps([sys.argv[1:], sorted(os.sched_getaffinity(0)), os.cpu_count()]))\n"
+    )
+    cores = sorted(os.sched_getaffinity(0))
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    for i in range(len(cores) + 1):  # the last one wraps around
+        cmd = worker_command("workers.json", i, module="probe_cores")
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+        args, seen, _ = json.loads(out)
+        assert args == ["workers.json", str(i)]
+        assert seen == [cores[i % len(cores)]]
+
+
 def test_resume_with_other_settings_is_refused(tiny_data, tmp_path, capsys):
     data_dir, _ = tiny_data
     out = tmp_path / "s"

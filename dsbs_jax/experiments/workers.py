@@ -9,7 +9,8 @@
         OUT/results.jsonl (one locked write per line). Its progress lines go to the parent,
         its standard error to OUT/worker_logs/worker_INDEX.log (printed if it fails).
 
-Each worker runs XLA and TensorFlow on one thread: small students gain little from more threads
+Each worker runs XLA and TensorFlow on one thread, pinned to one core where the OS allows it
+(Linux; worker i on the i-th of the parent's cores): small students gain little from more threads
 per step (the quickstart's about 10% from a second one), and N single-threaded processes keep N
 cores busy through the Python, input pipeline and checkpoint work that one process leaves
 serial. The workers share JAX's persistent compilation cache on disk (OUT/.jax_cache, set in
@@ -31,13 +32,16 @@ from dsbs_jax.errors import UserError
 from dsbs_jax.experiments.config import Plan, SweepConfig
 from dsbs_jax.experiments.sweep import Sweep, config_dict
 
+_MODULE = "dsbs_jax.experiments.workers"
 CONFIG_FILE = "workers.json"
 CLAIMS = "claims"
 LOGS = "worker_logs"
 _TAIL_LINES = 30  # of a failed worker's log
 
 # One thread for XLA's CPU backend, TensorFlow's input pipeline and any BLAS a worker loads.
-_ONE_THREAD_XLA = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+# XLA's flags do not bound the thread pool its dot kernels (YNNPACK) run on: that pool is as
+# large as the process's CPU set, so each worker is also pinned to one core (`worker_command`).
+_ONE_THREAD_XLA = "--xla_cpu_multi_thread_eigen=false"
 _ONE_THREAD_ENV = {
     "TF_NUM_INTRAOP_THREADS": "1",
     "TF_NUM_INTEROP_THREADS": "1",
@@ -58,6 +62,22 @@ def worker_env(out: str) -> dict[str, str]:
     env["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
     env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + _ONE_THREAD_XLA).strip()
     return env
+
+
+def worker_command(config_path: str, index: int, module: str = _MODULE) -> list[str]:
+    """The command that starts worker `index` (`python -m module CONFIG INDEX`). Where the OS
+    lets a process choose its cores (Linux), the worker is pinned to one of the parent's cores
+    (worker i to the i-th, wrapping around) before anything starts a thread, so that XLA sizes
+    its thread pools to one core."""
+    args = [config_path, str(index)]
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if not cores:
+        return [sys.executable, "-m", module, *args]
+    pin = (
+        f"import os, runpy; os.sched_setaffinity(0, {{{cores[index % len(cores)]}}}); "
+        f"runpy.run_module({module!r}, run_name='__main__', alter_sys=True)"
+    )
+    return [sys.executable, "-c", pin, *args]
 
 
 def _cost(plan: Plan) -> int:
@@ -111,7 +131,7 @@ def run_in_workers(config: SweepConfig, n: int, log: Callable[[str], None]) -> N
         with open(worker_log(out, i), "w", encoding="utf-8") as err:
             procs.append(
                 subprocess.Popen(
-                    [sys.executable, "-m", "dsbs_jax.experiments.workers", path, str(i)],
+                    worker_command(path, i),
                     env=env,
                     stdout=subprocess.PIPE,
                     stderr=err,
