@@ -154,16 +154,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=20, help="timed steps per side per round")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--threads", type=int, default=2, help="torch threads; 1: XLA on one too")
+    p.add_argument(
+        "--threads", type=int, default=2,
+        help="torch threads; fewer than the machine's cores pins the process to that many",
+    )  # fmt: skip
     p.add_argument("--data_dir", default=tt.DEFAULT_DATA)
     p.add_argument("--cache_dir", default="/tmp/dsbs_bench")
     args = p.parse_args(argv)
 
-    if args.threads == 1:  # both sides on one thread (fair under load from other processes)
-        os.environ["XLA_FLAGS"] = (
-            os.environ.get("XLA_FLAGS", "")
-            + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
-        )
+    # Both sides on the same cores: XLA sizes its thread pools (its dot kernels' included) to the
+    # process's CPU set, which no XLA flag bounds, so fewer threads means fewer cores. Set before
+    # either side starts a thread.
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if 0 < args.threads < len(cores):
+        os.sched_setaffinity(0, cores[: args.threads])
     import torch
 
     torch.set_num_threads(args.threads)
@@ -177,7 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"config {args.config}: d_model {cfg.emb_dim}, layers {cfg.num_encoder_layers}+"
           f"{cfg.num_decoder_layers}, heads {cfg.num_heads}x{cfg.head_dim}, d_ff {cfg.mlp_dim}, "
           f"vocab {vocab_size}; HF batch {args.batch} examples; JAX {args.rows} rows x "
-          f"{enc_len}/{dec_len}; malloc {host_malloc.MODE}; load {os.getloadavg()[0]:.1f}",
+          f"{enc_len}/{dec_len}; threads {args.threads}"
+          f"{f' on {len(os.sched_getaffinity(0))} cores' if cores else ''}; malloc "
+          f"{host_malloc.MODE}; load {os.getloadavg()[0]:.1f}",
           flush=True)  # fmt: skip
     hf = HFRunner(cfg, examples, args.batch)
     jx = JaxRunner(cfg, examples, args.rows, enc_len, dec_len)
