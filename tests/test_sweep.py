@@ -221,7 +221,6 @@ def test_workers_start_on_different_programs_then_take_the_most_expensive_runs()
 def test_each_worker_process_sees_one_core_of_the_parents(tmp_path):
     """XLA sizes its thread pools to the cores a process may use: a worker sees one core."""
     import subprocess
-    import sys
 
     from dsbs_jax.experiments.workers import worker_command
 
