@@ -115,7 +115,8 @@ def add_sweep_arguments(parser: argparse.ArgumentParser, defaults: dict | None =
     parser.add_argument(
         "--workers",
         type=int,
-        help="worker processes running runs side by side, one XLA thread each "
+        help="worker processes running runs side by side, each pinned to one core with one "
+        "XLA thread (Linux; 1: this process, XLA on every core) "
         f"(default {show('workers')})",
     )
 
