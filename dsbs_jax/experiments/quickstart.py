@@ -14,9 +14,10 @@ def default_workers() -> int:
 
     Each worker is pinned to one core and runs XLA on one thread (`workers.worker_command`): a
     student this small gains little from a second thread per step (about 10%), so two one-thread
-    runs side by side finish a sweep sooner (1.65x unpinned, more pinned; docs/quickstart.md). Any count of 2 or more gives the same table; `--workers 1` runs
-    in this process with multi-threaded XLA, which rounds differently. Each worker holds about
-    1.2 GB of host memory, hence the cap."""
+    runs side by side finish a sweep sooner (1.65x unpinned, more pinned; docs/quickstart.md).
+    Any count of 2 or more gives the same table; `--workers 1` runs in this process with
+    multi-threaded XLA, which rounds differently. Each worker holds about 1.2 GB of host memory,
+    hence the cap."""
     return max(2, min(os.cpu_count() or 1, 8))
 
 
