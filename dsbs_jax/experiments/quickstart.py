@@ -18,7 +18,10 @@ def default_workers() -> int:
     Any count of 2 or more gives the same table; `--workers 1` runs in this process with
     multi-threaded XLA, which rounds differently. Each worker holds about 1.2 GB of host memory,
     hence the cap."""
-    return max(2, min(os.cpu_count() or 1, 8))
+    # The cores this process may use (a container or `taskset` may allow fewer than the
+    # machine has): the workers are pinned to these, one each.
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(2, min(cores or 1, 8))
 
 
 # What each budget trains. `default` fits in 10 minutes on 2 CPU cores end to end (measured in
