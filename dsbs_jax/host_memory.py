@@ -8,7 +8,7 @@ fell from ~9 s to ~2 s per run, docs/performance.md). One arena, no mmap for lar
 trimming keep the block for reuse. "No trimming" is a threshold of -1: the largest positive one,
 2**31 - 1, still gave back the heap's top whenever the buffers of the steps in flight, freed
 together, passed 2 GiB (three ~730 MB buffers at the small benchmark's size: ~180,000 faults and
-0.4-0.9 s of kernel time in a 1.5-2.4 s step). The cost: host memory freed during a run is not
+0.4-0.9 s of kernel time in a 1.8-2.7 s step). The cost: host memory freed during a run is not
 returned to the system until the process ends.
 
 `dsbs` applies this at start-up (`cli.main`); set `DSBS_MALLOC=default` to keep glibc's defaults.
