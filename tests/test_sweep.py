@@ -225,15 +225,14 @@ def test_each_worker_process_sees_one_core_of_the_parents(tmp_path):
     from dsbs_jax.experiments.workers import worker_command
 
     (tmp_path / "probe_cores.py").write_text(
-        "import json, os, sys\n"
-        "print(json.dumps([sys.argv[1:], sorted(os.sched_getaffinity(0)), os.cpu_count()]))\n"
+        "import json, os, sys\nprint(json.dumps([sys.argv[1:], sorted(os.sched_getaffinity(0))]))\n"
     )
     cores = sorted(os.sched_getaffinity(0))
     env = dict(os.environ, PYTHONPATH=str(tmp_path))
     for i in range(len(cores) + 1):  # the last one wraps around
         cmd = worker_command("workers.json", i, module="probe_cores")
         out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
-        args, seen, _ = json.loads(out)
+        args, seen = json.loads(out)
         assert args == ["workers.json", str(i)]
         assert seen == [cores[i % len(cores)]]
 
