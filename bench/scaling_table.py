@@ -31,6 +31,7 @@ def compile_row(
     """`dsbs compile --json`'s report, or {"error": its one line} for a step that does not fit."""
     cmd = [sys.executable, "-m", "dsbs_jax.cli", "compile", "--json"]
     cmd += [f"--gin_file={g}" for g in gin_files] + ["--gin_file=runs/dsbs.gin"]
+    cmd += ["--gin.MIXTURE_OR_TASK_NAME='svamp_dsbs'", "--gin.TRAIN_STEPS=10000"]
     cmd += [f"--gin.BATCH_SIZE={batch}", "--gin.ACTIVATION_DTYPE='bfloat16'",
             f"--gin.TASK_FEATURE_LENGTHS={{'inputs': {lengths[0]}, 'targets': {lengths[1]}}}"]  # fmt: skip
     cmd += bindings

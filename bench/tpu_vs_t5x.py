@@ -37,6 +37,7 @@ import optax  # noqa: E402
 from dsbs_jax import weighting  # noqa: E402
 from dsbs_jax.model import t5  # noqa: E402
 from dsbs_jax.train import aot, losses, optimizers, partitioning  # noqa: E402
+from dsbs_jax.train import plan as plan_lib  # noqa: E402
 from dsbs_jax.train import step as step_lib  # noqa: E402
 
 SIZES = {
@@ -148,7 +149,8 @@ def t5x_report(network, mesh, rules, float32_logits: bool, topology: str) -> aot
         config = t5.T5Config(
             **BASE, dtype="bfloat16", float32_attention_logits=float32_logits, dropout_rate=DROPOUT
         )
-        report = aot.compile_step(programs, mesh, BATCH, ENC, DEC, topology, config)
+        lowered = aot.lower_step(programs, mesh, BATCH, ENC, DEC)
+        report = aot.compile_lowered(lowered, programs, mesh, BATCH, ENC, DEC, topology, config)
         report.kernels = "t5x"
         return report
 
@@ -159,9 +161,8 @@ def ours_report(mesh, rules, float32_logits: bool, topology: str) -> aot.Compile
     )
     schedule = optax.constant_schedule(1e-3)
     tx = optimizers.make_optimizer(schedule)
-    return aot.compile_train_step(
-        config, tx, schedule, 1, "exact", Z_LOSS, mesh, rules, BATCH, ENC, DEC, topology
-    )
+    plan = plan_lib.StepPlan(config, tx, schedule, 1, "exact", Z_LOSS, BATCH, (ENC, DEC))
+    return aot.compile_plan(plan, mesh, rules, topology)
 
 
 def row(name: str, r: aot.CompileReport) -> str:

@@ -18,6 +18,7 @@ import jax.numpy as jnp  # noqa: E402
 from dsbs_jax import cli  # noqa: E402
 from dsbs_jax.model import t5  # noqa: E402
 from dsbs_jax.train import aot, losses, optimizers, partitioning  # noqa: E402
+from dsbs_jax.train import plan as plan_lib  # noqa: E402
 
 # Heads, mlp and vocabulary divide by the 'model' axis (4) of the model-parallel mesh gins.
 SMALL = [
@@ -25,6 +26,7 @@ SMALL = [
     "--gin.t5.T5Config.head_dim=16", "--gin.t5.T5Config.mlp_dim=128",
     "--gin.t5.T5Config.num_encoder_layers=2", "--gin.t5.T5Config.num_decoder_layers=2",
     "--gin.ACTIVATION_DTYPE='bfloat16'", "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 16}",
+    "--gin.MIXTURE_OR_TASK_NAME='svamp_dsbs'", "--gin.TRAIN_STEPS=100",
 ]  # fmt: skip
 
 # mesh gin -> (devices of its slice, 'model' axis size)
@@ -81,6 +83,11 @@ def test_unknown_topology_is_one_line(capsys):
     assert rc == 2 and "--topology 'v5e'" in err
 
 
+def test_what_the_step_depends_on_must_be_set_as_for_a_run(capsys):
+    rc, _, err = _compile(capsys, "--topology=v5e:2x2", "--gin.TRAIN_STEPS=%gin.REQUIRED")
+    assert rc == 2 and "TRAIN_STEPS is not set" in err and len(err.strip().splitlines()) == 1
+
+
 def _reference_all_gathers(cfg, mesh, rules, batch_size, lengths) -> dict:
     """The plain-autodiff reference: value_and_grad of the flax network's mean token loss, no
     dropout and no optimizer, with the same parameter layout."""
@@ -110,10 +117,9 @@ def test_model_parallel_step_gathers_no_more_than_plain_autodiff():
     mesh = aot.slice_mesh("v5e:2x2", 2)
     rules = partitioning.STANDARD_RULES
     schedule = optax.constant_schedule(1e-3)
-    ours = aot.compile_train_step(
-        cfg, optimizers.make_optimizer(schedule), schedule, 2, "exact", 1e-4, mesh, rules, 8, 32,
-        16, "v5e:2x2",
-    )  # fmt: skip
+    plan = plan_lib.StepPlan(cfg, optimizers.make_optimizer(schedule), schedule, 2, "exact", 1e-4,
+                             8, (32, 16))  # fmt: skip
+    ours = aot.compile_plan(plan, mesh, rules, "v5e:2x2")
     reference = _reference_all_gathers(cfg, mesh, rules, 8, (32, 16))
     assert ours.mesh == {"data": 2, "model": 2}
     assert ours.collectives["all-to-all"]["count"] == 0

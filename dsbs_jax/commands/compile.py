@@ -23,19 +23,6 @@ def add_arguments(parser) -> None:
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
 
 
-def _train_setting(name: str, default=None):
-    """What gin binds to `train.<name>` (macros and @references evaluated), else `default`."""
-    import gin
-
-    try:
-        value = gin.query_parameter(f"train.{name}")
-    except ValueError:
-        return default
-    while isinstance(value, gin.config.ConfigurableReference):
-        value = value.scoped_configurable_fn()
-    return default if value is gin.REQUIRED else value
-
-
 def run(args) -> int:
     # A host without a TPU: JAX's default backend stays the CPU (libtpu would otherwise look for
     # a TPU at start-up and warn); the slice's devices come from libtpu's topology description.
@@ -43,8 +30,7 @@ def run(args) -> int:
     from dsbs_jax.commands import _gin_command
 
     data = _gin_command.setup(args, check_required=False)  # MODEL_DIR and the like: not needed
-    from dsbs_jax.model import t5
-    from dsbs_jax.train import aot, optimizers, partitioning
+    from dsbs_jax.train import aot, partitioning
 
     topology = args.topology or partitioning.tpu_topology()
     if not topology:
@@ -52,40 +38,14 @@ def run(args) -> int:
             "no --topology given and the gin files name none (the TPU mesh gins in meshes/ set "
             "TOPOLOGY); e.g. --topology v5e:4x4"
         )
-    lengths = _train_setting("task_feature_lengths")
-    if not lengths:
-        raise UserError(
-            "TASK_FEATURE_LENGTHS is not set: e.g. "
-            "--gin.TASK_FEATURE_LENGTHS=\"{'inputs': 512, 'targets': 128}\""
-        )
-    config = _train_setting("model_config") or t5.T5Config()
-    mixture = _train_setting("mixture_or_task_name")
-    num_tasks = 2  # the dsbs mixture's label and rationale tasks, when no mixture is named
-    if mixture:
-        from dsbs_jax.data.tasks import bind_tasks
-        from dsbs_jax.train import trainer
-        from dsbs_jax.weighting import tasks_and_rates
-
-        num_tasks = len(tasks_and_rates(mixture)[0])
-        bind_tasks(mixture, data.get("data_dir"), _train_setting("vocabulary_path"))
-        config = trainer.model_config_for(config, mixture)
-    if not config.vocab_size:
-        raise UserError(
-            "VOCAB_SIZE is 0 and no MIXTURE_OR_TASK_NAME gives it: set --gin.VOCAB_SIZE"
-        )
-    batch_size = _train_setting("batch_size", 64)
-    train_steps = _train_setting("train_steps") or 1
-    tx, schedule = optimizers.from_gin(train_steps)
-    mesh = _mesh(topology)
+    mesh = aot.slice_mesh(topology)
     rules = partitioning.logical_axis_rules()
+    plan = aot.plan_from_gin(data.get("data_dir"))
     try:
-        report = aot.compile_train_step(
-            config, tx, schedule, num_tasks, _train_setting("loss_weighting", "exact"),
-            _train_setting("z_loss", 1e-4), mesh, rules, batch_size, lengths["inputs"],
-            lengths["targets"], topology,
-        )  # fmt: skip
+        report = aot.compile_plan(plan, mesh, rules, topology)
     except aot.DoesNotFit as e:
-        raise UserError(_refused(e, config, mesh, batch_size, _rules_kind(rules))) from None
+        raise UserError(_refused(e, plan, mesh, _rules_kind(rules))) from None
+    config = plan.model_config
     if args.json:
         print(json.dumps({**report.as_dict(), "rules": _rules_kind(rules)}, sort_keys=True))
     else:
@@ -93,16 +53,6 @@ def run(args) -> int:
     if not report.fits:
         raise UserError(_advice(report, _rules_kind(rules)))
     return 0
-
-
-def _mesh(topology: str):
-    from dsbs_jax.train import aot, partitioning
-
-    devices = aot.topology_devices(topology)
-    try:
-        return partitioning.make_mesh(devices=devices)
-    except ValueError as e:
-        raise UserError(f"--topology {topology}: {e}") from None
 
 
 def _rules_kind(rules) -> str:
@@ -178,8 +128,9 @@ def _advice(r, rules_kind: str) -> str:
     )
 
 
-def _refused(e, config, mesh, batch_size: int, rules_kind: str) -> str:
+def _refused(e, plan, mesh, rules_kind: str) -> str:
     """One line for a step the TPU compiler refused as too large (it gives only the temporaries)."""
+    config, batch_size = plan.model_config, plan.batch_size
     data, model = mesh.shape["data"], mesh.shape["model"]
     kind = mesh.devices.flat[0].device_kind
     if e.temp_bytes is None:

@@ -15,11 +15,19 @@ import re
 import time
 from typing import Any
 
+import flax.linen as nn
+import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dsbs_jax import weighting
+from dsbs_jax.data import tasks as tasks_lib
 from dsbs_jax.errors import UserError
+from dsbs_jax.model import t5
+from dsbs_jax.train import partitioning, run_dir, trainer
+from dsbs_jax.train import plan as plan_lib
+from dsbs_jax.train import step as step_lib
 
 GiB = 2**30
 
@@ -195,8 +203,6 @@ def _per_device_bytes(abstract_tree) -> int:
 
 def abstract_batch(batch_size: int, enc_len: int, dec_len: int, sharding) -> dict[str, Any]:
     """ShapeDtypeStructs of a packed train batch (what the input pipeline feeds the step)."""
-    from dsbs_jax.train import step as step_lib
-
     length = {k: dec_len for k in step_lib.BATCH_KEYS}
     length.update(encoder_input_tokens=enc_len, encoder_segment_ids=enc_len,
                   encoder_positions=enc_len)  # fmt: skip
@@ -208,23 +214,12 @@ def abstract_batch(batch_size: int, enc_len: int, dec_len: int, sharding) -> dic
     }
 
 
-def compile_step(
-    programs, mesh, batch_size: int, enc_len: int, dec_len: int, topology: str, model_config
-) -> CompileReport:
-    """Lowers and compiles `programs.step` (from `step.build_programs`) on `mesh` for `topology`."""
-    from dsbs_jax.train import partitioning
-
-    batch = abstract_batch(batch_size, enc_len, dec_len, partitioning.data_sharding(mesh))
-    scalar = jax.ShapeDtypeStruct((), jnp.int32)
-    key = jax.eval_shape(lambda: jax.random.PRNGKey(0))
+def compile_lowered(
+    lowered, programs, mesh, batch_size: int, enc_len: int, dec_len: int, topology: str,
+    model_config,
+) -> CompileReport:  # fmt: skip
+    """Compiles a lowered train step (of `programs`) for `topology`, with its figures."""
     t0 = time.perf_counter()
-    try:
-        lowered = programs.step.lower(
-            programs.abstract_params, programs.abstract_opt, scalar, batch, key
-        )
-    except ValueError as e:  # e.g. heads or mlp not divisible by the 'model' axis
-        first = str(e).strip().splitlines()[0]
-        raise UserError(f"the model does not split over mesh {dict(mesh.shape)}: {first}") from None
     try:
         compiled = lowered.compile()
     except Exception as e:  # libtpu refuses a program that cannot fit, before any analysis
@@ -261,42 +256,80 @@ def compile_step(
     )
 
 
-def slice_mesh(topology: str, num_partitions: int | None, model_parallel_submesh=None):
-    """The trainer's ('data', 'model') mesh (`partitioning.make_mesh`) over a TPU slice's devices."""
-    from dsbs_jax.train import partitioning
-
+def slice_mesh(topology: str, num_partitions: int | None = None, model_parallel_submesh=None):
+    """The trainer's ('data', 'model') mesh (`partitioning.make_mesh`) over a TPU slice's devices;
+    what is not given here, gin binds (NUM_PARTITIONS, MODEL_PARALLEL_SUBMESH), as for `train`."""
     devices = topology_devices(topology)
+    given = {"num_partitions": num_partitions, "model_parallel_submesh": model_parallel_submesh}
     try:
         return partitioning.make_mesh(
-            num_partitions=num_partitions or 1,
-            model_parallel_submesh=model_parallel_submesh,
-            devices=devices,
+            devices=devices, **{k: v for k, v in given.items() if v is not None}
         )
     except ValueError as e:
         raise UserError(f"--topology {topology}: {e}") from None
 
 
-def compile_train_step(
-    model_config, tx, schedule, num_tasks, loss_weighting, z_loss, mesh, rules, batch_size,
-    enc_len, dec_len, topology,
-) -> CompileReport:  # fmt: skip
-    """Builds the train step exactly as `dsbs train` does (`step.build_programs`) and compiles it
-    for the TPU slice the mesh lies on."""
-    import flax.linen as nn
+def plan_from_gin(data_dir: str | None = None) -> plan_lib.StepPlan:
+    """The step `dsbs train` would run under the current gin config: `train`'s own settings (its
+    defaults, gin's bindings) through the trainer's `plan_step`; nothing is defaulted here."""
+    settings = trainer.settings_from_gin()
+    examples = {  # what the step depends on and has no default
+        "mixture_or_task_name": "MIXTURE_OR_TASK_NAME=\"'svamp_dsbs'\"",
+        "task_feature_lengths": "TASK_FEATURE_LENGTHS=\"{'inputs': 512, 'targets': 128}\"",
+        "train_steps": "TRAIN_STEPS=10000 (the learning-rate schedule is part of the step)",
+    }
+    for name, example in examples.items():
+        if settings[name] is gin.REQUIRED:
+            raise UserError(f"{example.split('=')[0]} is not set: e.g. --gin.{example}")
+    mixture, lengths = settings["mixture_or_task_name"], settings["task_feature_lengths"]
+    weighting.tasks_and_rates(mixture)  # an unknown name: one line
+    tasks_lib.bind_tasks(mixture, data_dir, settings["vocabulary_path"])
+    run_dir.check_train_settings(
+        mixture, lengths, settings["train_steps"], settings["batch_size"],
+        settings["train_split"], check_lengths=False,
+    )  # fmt: skip
+    plan = plan_lib.plan_step(
+        mixture, lengths, settings["train_steps"], settings["batch_size"],
+        settings["model_config"], settings["loss_weighting"], settings["z_loss"],
+    )  # fmt: skip
+    if not plan.model_config.vocab_size:
+        raise UserError(
+            "VOCAB_SIZE is 0 and the tasks' vocabulary gives none: set --gin.VOCAB_SIZE"
+        )
+    return plan
 
-    from dsbs_jax.model.t5 import Transformer
-    from dsbs_jax.train import step as step_lib
 
+def lower_step(programs: step_lib.Programs, mesh, batch_size: int, enc_len: int, dec_len: int):
+    """The train step of `programs` lowered on `mesh` with abstract inputs (nothing is run)."""
     if batch_size % mesh.shape["data"]:
         raise UserError(
-            f"BATCH_SIZE {batch_size} is not divisible by the mesh's data axis ({mesh.shape['data']})"
+            f"BATCH_SIZE {batch_size} is not divisible by the mesh's data axis "
+            f"({mesh.shape['data']})"
         )
-    with mesh, nn.logical_axis_rules(rules):
-        programs = step_lib.build_programs(
-            Transformer(model_config), tx, schedule, num_tasks, loss_weighting, z_loss, mesh,
-            rules, enc_len, dec_len,
-        )  # fmt: skip
-        from dsbs_jax.model import t5
+    batch = abstract_batch(batch_size, enc_len, dec_len, partitioning.data_sharding(mesh))
+    scalar = jax.ShapeDtypeStruct((), jnp.int32)
+    key = jax.eval_shape(lambda: jax.random.PRNGKey(0))
+    try:
+        return programs.step.lower(
+            programs.abstract_params, programs.abstract_opt, scalar, batch, key
+        )
+    except ValueError as e:  # e.g. heads or mlp not divisible by the 'model' axis
+        first = str(e).strip().splitlines()[0]
+        raise UserError(f"the model does not split over mesh {dict(mesh.shape)}: {first}") from None
 
-        config = t5.resolve_kernels(model_config, step_lib.mesh_platform(mesh))
-        return compile_step(programs, mesh, batch_size, enc_len, dec_len, topology, config)
+
+def lower_plan(plan: plan_lib.StepPlan, mesh, rules):
+    """The planned train step built as `train` builds it (`plan.build_step`) and lowered on
+    `mesh`: (the built programs, the lowered step)."""
+    programs = plan_lib.build_step(plan, mesh, rules)
+    with mesh, nn.logical_axis_rules(rules):
+        return programs, lower_step(programs, mesh, plan.batch_size, *plan.lengths)
+
+
+def compile_plan(plan: plan_lib.StepPlan, mesh, rules, topology: str) -> CompileReport:
+    """Compiles the planned train step for the TPU slice the mesh lies on, with its figures."""
+    programs, lowered = lower_plan(plan, mesh, rules)
+    config = t5.resolve_kernels(plan.model_config, step_lib.mesh_platform(mesh))
+    return compile_lowered(
+        lowered, programs, mesh, plan.batch_size, *plan.lengths, topology, config
+    )

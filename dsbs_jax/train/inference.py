@@ -18,7 +18,7 @@ from dsbs_jax.errors import UserError, located
 from dsbs_jax.model.t5 import T5Config, Transformer
 from dsbs_jax.records import iter_jsonl
 from dsbs_jax.train import checkpoints, evaluation, partitioning, run_dir
-from dsbs_jax.train.trainer import model_config_for
+from dsbs_jax.train.plan import model_config_for
 
 
 def load_model(config: T5Config, name: str, checkpoint_path: str, lengths: tuple[int, int]):

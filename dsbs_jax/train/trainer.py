@@ -1,17 +1,18 @@
 """The native trainer: one linear `train()` you can read top to bottom.
 
-Sections: set-up and config, mesh, data, model and optimizer, programs, state (fresh or
-restored), hooks, the train loop. The update step itself is `train.step`; everything else the loop
-does (metrics, checkpoints, evaluation, early stopping, a caller's own scoring) is a hook
-(`train.hooks`). Configured by gin with T5X's macros (see gin_configs/runs/*.gin); `dsbs train`
+Sections: set-up and config (with the step's plan, `plan_step`, which `dsbs compile` shares),
+mesh, checkpoints, data, programs, state (fresh or restored), hooks, the train loop. The update
+step itself is `train.step`; everything else the loop does (metrics, checkpoints, evaluation,
+early stopping, a caller's own scoring) is a hook (`train.hooks`). Configured by gin with T5X's macros (see gin_configs/runs/*.gin); `dsbs train`
 calls it, and so does every run of a sweep.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import inspect
 import logging
-import math
 import os
 from collections.abc import Sequence
 
@@ -20,7 +21,6 @@ import gin
 import jax
 import jax.numpy as jnp
 import optax
-import seqio
 from clu import metric_writers
 
 from dsbs_jax import weighting
@@ -31,11 +31,11 @@ from dsbs_jax.train import (
     checkpoints,
     evaluation,
     input_pipeline,
-    optimizers,
     partitioning,
     run_dir,
 )
 from dsbs_jax.train import hooks as hooks_lib
+from dsbs_jax.train import plan as plan_lib
 from dsbs_jax.train import step as step_lib
 
 log = logging.getLogger("dsbs.train")
@@ -52,13 +52,15 @@ class TrainResult:
     model_dir: str
 
 
-def model_config_for(config: T5Config, mixture_or_task_name: str) -> T5Config:
-    """Fills vocab_size from the task's vocabulary (rounded up to 128) when the config leaves it 0."""
-    if getattr(config, "vocab_size", 0):
-        return config
-    provider = seqio.get_mixture_or_task(mixture_or_task_name)
-    size = provider.output_features["targets"].vocabulary.vocab_size
-    return dataclasses.replace(config, vocab_size=int(math.ceil(size / 128) * 128))
+def settings_from_gin() -> dict:
+    """The arguments `train` runs with under the current gin config: its own defaults, overridden
+    by gin's bindings (macros and references evaluated). `dsbs compile` plans from these."""
+    defaults = {
+        name: p.default
+        for name, p in inspect.signature(train).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
+    return defaults | gin.get_bindings(train, resolve_references=True)
 
 
 @gin.configurable
@@ -124,8 +126,13 @@ def train(
     )  # fmt: skip
     model_dir = run_dir.check_model_dir(model_dir)
     is_main = jax.process_index() == 0
-    config = model_config_for(model_config, mixture_or_task_name)
-    model = Transformer(config)
+    cache = programs if programs is not None else {}
+    plan = plan_lib.plan_step(
+        mixture_or_task_name, task_feature_lengths, train_steps, batch_size, model_config,
+        loss_weighting, z_loss, optimizer, learning_rate_fn, cache,
+    )  # fmt: skip
+    model = Transformer(plan.model_config)
+    dec_len = plan.lengths[1]
 
     # ---------------------------------------------------------------- mesh
     mesh = mesh or partitioning.make_mesh()
@@ -155,24 +162,10 @@ def train(
         pack=pack,
     )
 
-    # ---------------------------------------------------------------- model and optimizer
-    cache = programs if programs is not None else {}
-    if optimizer is None:  # from gin: make_optimizer and learning_rate_schedule
-        optimizer, learning_rate_fn = optimizers.from_gin(train_steps, cache)
-    enc_len, dec_len = task_feature_lengths["inputs"], task_feature_lengths["targets"]
-
     # ---------------------------------------------------------------- programs
-    # The jitted programs depend on the model, optimizer, mesh and shapes, not on the seed or the
-    # data: runs alike (a sweep's) share them through `programs`, traced and compiled once.
-    key = ("train", config, optimizer, learning_rate_fn, len(task_names), loss_weighting, z_loss,
-           mesh, rules, enc_len, dec_len)  # fmt: skip
-    if key not in cache:
-        with mesh, nn.logical_axis_rules(rules):
-            cache[key] = step_lib.build_programs(
-                model, optimizer, learning_rate_fn, len(task_names), loss_weighting, z_loss,
-                mesh, rules, enc_len, dec_len,
-            )  # fmt: skip
-    built = cache[key]
+    # The jitted programs depend on the plan and the mesh, not on the seed or the data: runs
+    # alike (a sweep's) share them through `programs`, traced and compiled once.
+    built = plan_lib.build_step(plan, mesh, rules, cache)
 
     # ---------------------------------------------------------------- state
     with mesh, nn.logical_axis_rules(rules):
@@ -261,34 +254,42 @@ def train(
     # ---------------------------------------------------------------- the train loop
     batch_sharding = partitioning.data_sharding(mesh)
     dropout_key = jax.random.PRNGKey(random_seed + 1)
-    with mesh, nn.logical_axis_rules(rules):
-        while not state.final:
-            try:
-                host_batch = next(batches)
-            except StopIteration:
-                raise UserError(
-                    f"{mixture_or_task_name}: the training data ran out at step {state.step}"
-                ) from None
-            batch = {
-                k: jax.make_array_from_process_local_data(batch_sharding, host_batch[k])
-                for k in step_lib.BATCH_KEYS
-                if k in host_batch
-            }
-            state.params, state.opt_state, state.aux = built.step(
-                state.params, state.opt_state, jnp.asarray(state.step, jnp.int32), batch,
-                dropout_key,
-            )  # fmt: skip
-            state.step += 1
-            state.target_tokens = (
-                float((host_batch["decoder_target_tokens"] > 0).sum()) * jax.process_count()
-            )
+    finished = False
+    try:
+        with mesh, nn.logical_axis_rules(rules):
+            while not state.final:
+                try:
+                    host_batch = next(batches)
+                except StopIteration:
+                    raise UserError(
+                        f"{mixture_or_task_name}: the training data ran out at step {state.step}"
+                    ) from None
+                batch = {
+                    k: jax.make_array_from_process_local_data(batch_sharding, host_batch[k])
+                    for k in step_lib.BATCH_KEYS
+                    if k in host_batch
+                }
+                state.params, state.opt_state, state.aux = built.step(
+                    state.params, state.opt_state, jnp.asarray(state.step, jnp.int32), batch,
+                    dropout_key,
+                )  # fmt: skip
+                state.step += 1
+                state.target_tokens = (
+                    float((host_batch["decoder_target_tokens"] > 0).sum()) * jax.process_count()
+                )
+                for hook in state.hooks:
+                    if hook.due(state):
+                        hook.on_step(state)
+            if state.stop_reason and is_main:
+                print(f"stopped at step {state.step}: {state.stop_reason}", flush=True)
             for hook in state.hooks:
-                if hook.due(state):
-                    hook.on_step(state)
-        if state.stop_reason and is_main:
-            print(f"stopped at step {state.step}: {state.stop_reason}", flush=True)
-        for hook in state.hooks:
-            hook.on_end(state)
+                hook.on_end(state)
+            finished = True
+    finally:
+        if not finished:  # whatever stopped the run, a save in flight completes or is absent;
+            # the error that stopped it is the one to report
+            with contextlib.suppress(Exception):
+                ckpt.close()
     eval_writer.flush()
     return TrainResult(
         state.step, state.train_metrics, state.eval_metrics, state.test_metrics, model_dir
