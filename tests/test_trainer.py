@@ -43,7 +43,7 @@ def _losses(model_dir) -> dict[int, float]:
     return out
 
 
-def _run(model_dir, mesh, steps=5, **kw):
+def _run(model_dir, mesh, steps=5, optimizer_override=None, **kw):
     return trainer.train(
         model_dir=str(model_dir),
         mixture_or_task_name="toy_reverse",
@@ -56,7 +56,8 @@ def _run(model_dir, mesh, steps=5, **kw):
         log_every=1,
         mesh=mesh,
         checkpoint_every_secs=None,
-        optimizer=optimizers.make_optimizer(
+        optimizer=optimizer_override
+        or optimizers.make_optimizer(
             optimizers.learning_rate_schedule("constant", 1e-3), name="adamw"
         ),
         **kw,
@@ -318,3 +319,23 @@ def test_tiny_model_learns_to_reverse_strings(tmp_path):
         mesh=partitioning.make_mesh(devices=jax.devices()[:1]),
     )
     assert result.eval_metrics["validation/toy_reverse/accuracy"] > 90.0
+
+
+def test_a_nan_stop_waits_for_the_save_in_flight_and_the_rerun_resumes_from_it(tmp_path, capsys):
+    """The 5th update uses a NaN learning rate: step 6's loss is NaN and the run stops with one
+    line while step 4's checkpoint may still be saving; that save is complete when `train`
+    returns, and a rerun resumes from it."""
+    from dsbs_jax.errors import UserError
+    from dsbs_jax.train import checkpoints
+
+    mesh = partitioning.make_mesh(devices=jax.devices()[:1])
+    nan_from_5th = optimizers.make_optimizer(
+        lambda step: jnp.where(step < 4, 1e-3, jnp.nan), name="adamw"
+    )
+    with pytest.raises(UserError, match="the loss became nan at step 6"):
+        _run(tmp_path, mesh, steps=10, optimizer_override=nan_from_5th, checkpoint_period=2)
+    assert checkpoints.checkpoint_steps(str(tmp_path)) == [4, 2]  # complete, none half-written
+    assert not [p for p in os.listdir(tmp_path) if "tmp" in p]
+    _run(tmp_path, mesh, steps=6, checkpoint_period=2)
+    assert f"resumed from {tmp_path}/checkpoint_4" in capsys.readouterr().out
+    assert sorted(_losses(tmp_path)) == [1, 2, 3, 4, 5, 6]
