@@ -111,7 +111,7 @@ def _sweep(data_dir, out, log, methods=("finetune", "dsbs"), fractions=(50, 100)
     return run_sweep(cfg, log=log)
 
 
-def test_tiny_sweep_writes_report_and_resumes(tiny_data, tmp_path):
+def test_tiny_sweep_writes_report_and_resumes(tiny_data, tmp_path, capsys):
     from dsbs_jax.report.report import write_report
 
     data_dir, _ = tiny_data
@@ -138,6 +138,34 @@ def test_tiny_sweep_writes_report_and_resumes(tiny_data, tmp_path):
     with open(paths["plot"], "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     assert "![accuracy](accuracy.png)" in open(paths["report"]).read()
+
+    # One evaluator: `dsbs eval` on a run's final checkpoint gives the table's accuracy and the
+    # same predictions, example by example.
+    lengths = json.load(open(out / "sweep.json"))["core"]["lengths"]
+    for r in runs[:2]:  # a fine-tuning and a dsbs run
+        run_dir = out / r.model_dir
+        rc = main([
+            "eval", "--json", "--gin_file=models/micro.gin", "--gin_file=runs/eval.gin",
+            f"--gin.CHECKPOINT_PATH='{run_dir / 'checkpoint_3'}'",
+            "--gin.MIXTURE_OR_TASK_NAME='arith_gold_label'",
+            f"--gin.TASK_FEATURE_LENGTHS={{'inputs': {lengths['inputs']}, "
+            f"'targets': {lengths['labels']}}}",
+            "--gin.EVAL_EXAMPLES=16", f"--gin.OUTPUT_DIR='{tmp_path / 'eval' / r.model_dir}'",
+            f"--tfds_data_dir={data_dir}",
+        ])  # fmt: skip
+        assert rc == 0
+        printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert printed["arith_gold_label/accuracy"] == pytest.approx(r.accuracy, abs=1e-4)
+        logged = (
+            tmp_path
+            / "eval"
+            / r.model_dir
+            / "inference_eval"
+            / "arith_gold_label-test-000000.jsonl"
+        )
+        ours = [json.loads(x)["prediction"] for x in open(run_dir / "test_predictions.jsonl")]
+        theirs = [json.loads(x)["prediction"] for x in open(logged)]
+        assert ours == theirs
 
     # Resume: nothing is redone; after losing one line, only that run is.
     before = open(results_lib.results_path(out)).read()
@@ -293,9 +321,7 @@ def test_validation_loss_keeps_the_parameters_with_the_lowest_gold_answer_loss()
         T5Config(vocab_size=64, emb_dim=16, num_heads=2, head_dim=8, num_encoder_layers=1,
                  num_decoder_layers=1, mlp_dim=32)
     )  # fmt: skip
-    hook = scoring.KeepBestOnValidationLoss(
-        examples, load_card("arith"), vocab, {"inputs": 16, "labels": 4}, 1, {}
-    )
+    hook = scoring.KeepBestOnValidationLoss(examples, vocab, {"inputs": 16, "labels": 4}, 1, {})
     assert hook.targets[0].tolist() == [*vocab.encode("14"), 1, 0]  # EOS, then padding
     assert hook.decoder_inputs[0].tolist() == [0, *hook.targets[0, :-1]]
 

@@ -32,6 +32,7 @@ from dsbs_jax.teacher.parse import parse_output
 from dsbs_jax.train import evaluation, losses
 from dsbs_jax.train.hooks import Hook, RunState
 
+EVAL_BATCH = 64  # decoding batch: `dsbs eval`'s default (runs/eval.gin BATCH_SIZE)
 _LAST_RESULT = re.compile(r"=\s*(-?\d+(?:\.\d+)?)(?!.*=)", re.DOTALL)
 
 
@@ -66,16 +67,21 @@ def _decode(state: RunState, cache: dict, vocab, texts: list[str], input_length:
     return out
 
 
+def gold_task(card: TaskCard) -> str:
+    """The task a sweep scores: `predict: <input>` against the gold label, the card's metric."""
+    return f"{card.name}_gold_label"
+
+
 class KeepBestOnValidation(Hook):
     """Every `every` steps: the direct answers (`predict:`) to the validation examples, scored
-    against gold; keeps a copy of the parameters with the best accuracy so far (the earlier step
-    on a tie). The same selection rule for every method; `ScoreTestSet` scores the kept ones."""
+    against gold by the evaluator; keeps a copy of the parameters with the best accuracy so far
+    (the earlier step on a tie). The same selection rule for every method; `ScoreTestSet` scores
+    the kept ones."""
 
     higher_is_better = True
 
-    def __init__(self, examples, card, vocab, lengths, every: int, cache: dict):
-        self.examples, self.card, self.vocab, self.lengths = examples, card, vocab, lengths
-        self.every, self.cache = every, cache
+    def __init__(self, evaluator: evaluation.Evaluator, every: int, cache: dict):
+        self.evaluator, self.every, self.cache = evaluator, every, cache
         self.best = -math.inf if self.higher_is_better else math.inf
         self.best_step, self.params = 0, None
 
@@ -84,11 +90,10 @@ class KeepBestOnValidation(Hook):
 
     def score(self, state: RunState) -> float:
         """The validation accuracy (%) of the direct answers."""
-        texts = [LABEL_PREFIX + ex["input"] for ex in self.examples]
-        out = _decode(
-            state, self.cache, self.vocab, texts, self.lengths["inputs"], self.lengths["labels"]
+        ev = self.evaluator.evaluate(
+            state.model, state.params, state.mesh, state.rules, EVAL_BATCH, state.step, self.cache
         )
-        return accuracy(out, [ex["gold_label"] for ex in self.examples], self.card.metric)
+        return ev.metrics[f"{self.evaluator.tasks[0]}/accuracy"]
 
     def on_step(self, state: RunState) -> None:
         value = self.score(state)
@@ -106,8 +111,8 @@ class KeepBestOnValidationLoss(KeepBestOnValidation):
 
     higher_is_better = False
 
-    def __init__(self, examples, card, vocab, lengths, every: int, cache: dict):
-        super().__init__(examples, card, vocab, lengths, every, cache)
+    def __init__(self, examples, vocab, lengths, every: int, cache: dict):
+        super().__init__(None, every, cache)
         texts = [LABEL_PREFIX + ex["input"] for ex in examples]
         self.inputs, _ = text_lib.encode_inputs(vocab, texts, lengths["inputs"])
         golds = [ex["gold_label"] for ex in examples]
@@ -138,13 +143,14 @@ class KeepBestOnValidationLoss(KeepBestOnValidation):
 
 
 class ScoreTestSet(Hook):
-    """At the end of a run: decodes `predict:` (and, with `explain`, `explain:`) for the test set
-    with the run's final parameters, scores them against gold, writes
-    MODEL_DIR/test_predictions.jsonl and keeps the scores in `self.result`."""
+    """At the end of a run: the evaluator decodes `predict:` for the test set with the run's
+    final (or selected) parameters and scores it against gold, as `dsbs eval` does; with
+    `explain`, `explain:` is decoded too and the answer read from each rationale is scored.
+    Writes MODEL_DIR/test_predictions.jsonl and keeps the scores in `self.result`."""
 
     def __init__(
         self,
-        test: list[dict[str, str]],
+        evaluator: evaluation.Evaluator,
         card: TaskCard,
         vocab,
         lengths: dict[str, int],
@@ -152,28 +158,33 @@ class ScoreTestSet(Hook):
         cache: dict,
         select: KeepBestOnValidation | None = None,
     ):
-        self.test, self.card, self.vocab, self.lengths = test, card, vocab, lengths
+        self.evaluator, self.card, self.vocab, self.lengths = evaluator, card, vocab, lengths
         self.explain, self.cache, self.select = explain, cache, select
         self.result: dict[str, Any] = {}
         self.seconds = 0.0
-
-    def _decode(self, state: RunState, prefix: str, length: int) -> list[str]:
-        texts = [prefix + ex["input"] for ex in self.test]
-        return _decode(state, self.cache, self.vocab, texts, self.lengths["inputs"], length)
 
     def on_end(self, state: RunState) -> None:
         t0 = time.perf_counter()
         if self.select is not None and self.select.params is not None:
             state = dataclasses.replace(state, params=self.select.params)
-        golds = [ex["gold_label"] for ex in self.test]
-        predictions = self._decode(state, LABEL_PREFIX, self.lengths["labels"])
+        ev = self.evaluator.evaluate(
+            state.model, state.params, state.mesh, state.rules, EVAL_BATCH, state.step, self.cache
+        )
+        task = self.evaluator.tasks[0]
+        out = ev.outputs[task]
         result: dict[str, Any] = {
-            "accuracy": accuracy(predictions, golds, self.card.metric),
-            "predictions": predictions,
+            "accuracy": ev.metrics[f"{task}/accuracy"],
+            "predictions": out.predictions,
+            "ids": out.ids,
+            "golds": out.targets,
         }
         if self.explain:
-            rationales = self._decode(state, RATIONALE_PREFIX, self.lengths["rationales"])
-            acc, answers = rationale_accuracy(rationales, golds, self.card)
+            texts = [RATIONALE_PREFIX + x.removeprefix(LABEL_PREFIX) for x in out.inputs]
+            rationales = _decode(
+                state, self.cache, self.vocab, texts, self.lengths["inputs"],
+                self.lengths["rationales"],
+            )  # fmt: skip
+            acc, answers = rationale_accuracy(rationales, out.targets, self.card)
             result |= {"rationale_accuracy": acc, "rationales": rationales, "answers": answers}
         if self.select is not None:
             result |= {"selected_step": self.select.best_step}
@@ -193,12 +204,8 @@ class ScoreTestSet(Hook):
     def _write(self, model_dir: str, result: dict[str, Any]) -> None:
         path = os.path.join(model_dir, "test_predictions.jsonl")
         with atomic.open_atomic(path) as f:
-            for i, ex in enumerate(self.test):
-                row = {
-                    "id": ex["id"],
-                    "gold": ex["gold_label"],
-                    "prediction": result["predictions"][i],
-                }
+            for i, (id_, gold) in enumerate(zip(result["ids"], result["golds"])):
+                row = {"id": id_, "gold": gold, "prediction": result["predictions"][i]}
                 if "rationales" in result:
                     row |= {
                         "rationale": result["rationales"][i],

@@ -34,16 +34,12 @@ from dsbs_jax.data import vocab as vocab_lib
 from dsbs_jax.data.cards import load_card
 from dsbs_jax.errors import UserError
 from dsbs_jax.experiments import data as data_lib
+from dsbs_jax.experiments import scoring
 from dsbs_jax.experiments.config import Plan, SweepConfig, plan_runs
-from dsbs_jax.experiments.scoring import (
-    KeepBestOnValidation,
-    KeepBestOnValidationLoss,
-    ScoreTestSet,
-)
 from dsbs_jax.model.t5 import T5Config
 from dsbs_jax.report import results as results_lib
 from dsbs_jax.report.results import SWEEP_FILE
-from dsbs_jax.train import gin_utils, trainer
+from dsbs_jax.train import evaluation, gin_utils, trainer
 
 RUN_GIN = "runs/sweep.gin"
 
@@ -121,11 +117,20 @@ class Sweep:
         cfg.lengths = dict(self.lengths)
         self.total = data_lib.train_size(self.card.name, cfg.data_dir)
         self.test = data_lib.test_set(self.card.name, cfg.data_dir, cfg.test_examples)
-        self.validation = (
-            data_lib.test_set(self.card.name, cfg.data_dir, cfg.validation_examples, "validation")
-            if cfg.select != "last"
-            else []
-        )
+        # Test (and validation) scores come from the one evaluator `dsbs eval` uses, on the gold
+        # task, so a table's number is what `dsbs eval` gives for the run's checkpoint.
+        gold = scoring.gold_task(self.card)
+        eval_lengths = {"inputs": self.lengths["inputs"], "targets": self.lengths["labels"]}
+        self.test_evaluator = evaluation.Evaluator(gold, "test", eval_lengths, None, len(self.test))
+        self.validation = []
+        if cfg.select == "best_validation":
+            self.validation_evaluator = evaluation.Evaluator(
+                gold, "validation", eval_lengths, None, cfg.validation_examples
+            )
+        elif cfg.select == "best_validation_loss":
+            self.validation = data_lib.test_set(
+                self.card.name, cfg.data_dir, cfg.validation_examples, "validation"
+            )
         self._write_info()
 
     def _write_info(self) -> None:
@@ -205,24 +210,17 @@ class Sweep:
         if os.path.exists(model_dir):
             shutil.rmtree(model_dir)  # an unfinished run: start it again from scratch
         os.makedirs(model_dir)
-        selector = {
-            "best_validation": KeepBestOnValidation,
-            "best_validation_loss": KeepBestOnValidationLoss,
-        }.get(self.cfg.select)
-        select = (
-            selector(
-                self.validation,
-                self.card,
-                self.vocab,
-                self.lengths,
-                self.cfg.select_every,
-                self.cache,
-            )  # fmt: skip
-            if selector is not None
-            else None
-        )
-        score = ScoreTestSet(
-            self.test,
+        select = None
+        if self.cfg.select == "best_validation":
+            select = scoring.KeepBestOnValidation(
+                self.validation_evaluator, self.cfg.select_every, self.cache
+            )
+        elif self.cfg.select == "best_validation_loss":
+            select = scoring.KeepBestOnValidationLoss(
+                self.validation, self.vocab, self.lengths, self.cfg.select_every, self.cache
+            )
+        score = scoring.ScoreTestSet(
+            self.test_evaluator,
             self.card,
             self.vocab,
             self.lengths,

@@ -1,13 +1,16 @@
-"""Evaluation with seqio's Evaluator: greedy decoding as its `predict_fn`, task metrics on gold."""
+"""The one evaluator (seqio's Evaluator, greedy decoding as its `predict_fn`, task metrics on
+gold) and the decoding it runs; `Evaluator` is what the trainer, `dsbs eval` and sweeps call."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import flax.linen as nn
 import jax
 import numpy as np
 import seqio
@@ -125,42 +128,118 @@ class SplitJSONLogger(seqio.JSONLogger):
         super().__call__(f"{task_name}-{tag}", step, {}, dataset, inferences, targets)
 
 
-def make_evaluator(
-    mixture_or_task_name: str,
-    split: str,
-    feature_lengths: Mapping[str, int],
-    log_dir: str | None,
-    num_examples: int | None = None,
-    use_cached: bool = False,
-) -> seqio.Evaluator | None:
-    """seqio's Evaluator over the tasks of the mixture that have metrics (None if none do)."""
-    loggers = (functools.partial(SplitJSONLogger, split=split),) if log_dir else ()
-    if log_dir:
-        os.makedirs(os.path.join(log_dir, "inference_eval"), exist_ok=True)
-    try:
-        evaluator = seqio.Evaluator(
-            mixture_or_task_name,
-            feature_converter=seqio.EncDecFeatureConverter(pack=False),
-            eval_split=split,
-            use_cached=use_cached,
-            sequence_length=dict(feature_lengths),
-            num_examples=num_examples,
-            logger_cls=loggers,
-            log_dir=os.path.join(log_dir, "inference_eval") if log_dir else None,
+@dataclasses.dataclass
+class TaskOutput:
+    """What one task's evaluation decoded and scored, example by example, in the split's order."""
+
+    ids: list[str]
+    inputs: list[str]
+    predictions: list[str]  # postprocessed, as the metrics saw them
+    targets: list[str]
+
+
+class _KeepOutputs(seqio.Logger):
+    """Keeps each task's predictions, targets, ids and inputs of the last evaluation in memory."""
+
+    def __init__(self, output_dir: str | None = None):
+        super().__init__(output_dir)
+        self.outputs: dict[str, TaskOutput] = {}
+
+    def __call__(self, task_name, step, metrics, dataset, inferences, targets) -> None:
+        if not inferences or "prediction" not in inferences:
+            return
+        ids, inputs = [], []
+        for ex in dataset.as_numpy_iterator():
+            ids.append(_text(ex.get("id", len(ids))))
+            inputs.append(_text(ex.get("inputs_pretokenized", "")))
+        self.outputs[task_name] = TaskOutput(
+            ids, inputs, [_text(p) for p in inferences["prediction"]], [_text(t) for t in targets]
         )
-    except (AssertionError, ValueError):
-        return None
-    return evaluator if evaluator.eval_tasks else None
 
 
-def run_evaluation(evaluator: seqio.Evaluator, predict_fn, step: int) -> dict[str, float]:
-    """Runs the evaluator; returns flat `{task/metric: value}` scalars."""
-    all_metrics, _ = evaluator.evaluate(compute_metrics=True, step=step, predict_fn=predict_fn)
-    metrics = all_metrics.result() if hasattr(all_metrics, "result") else all_metrics
-    flat = {}
-    for task, values in metrics.items():
-        for name, value in values.items():
-            value = getattr(value, "value", value)
-            if np.ndim(value) == 0:
-                flat[f"{task}/{name}"] = float(value)
-    return flat
+def _text(value) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+@dataclasses.dataclass
+class Evaluation:
+    """One evaluation: `{task/metric: value}` scalars and each task's outputs."""
+
+    metrics: dict[str, float]
+    outputs: dict[str, TaskOutput]
+
+
+class Evaluator:
+    """The one evaluator: seqio's Evaluator over the tasks (of a mixture) that have metrics, on
+    one split, decoding greedily with the network. The trainer's evaluation, `dsbs eval` and a
+    sweep's validation selection and test scoring all score through it, so a number in a sweep's
+    table is the number `dsbs eval` gives for that checkpoint and split.
+
+    The split's examples are read, preprocessed and tokenized once, at construction; each
+    `evaluate` decodes them with the parameters it is given."""
+
+    def __init__(
+        self,
+        mixture_or_task_name: str,
+        split: str,
+        feature_lengths: Mapping[str, int],
+        log_dir: str | None = None,
+        num_examples: int | None = None,
+        use_cached: bool = False,
+    ):
+        self.split, self.lengths = split, dict(feature_lengths)
+        loggers = [_KeepOutputs]
+        if log_dir:
+            loggers.append(functools.partial(SplitJSONLogger, split=split))
+            log_dir = os.path.join(log_dir, "inference_eval")
+            os.makedirs(log_dir, exist_ok=True)
+        try:
+            self.seqio = seqio.Evaluator(
+                mixture_or_task_name,
+                feature_converter=seqio.EncDecFeatureConverter(pack=False),
+                eval_split=split,
+                use_cached=use_cached,
+                sequence_length=self.lengths,
+                num_examples=num_examples,
+                logger_cls=loggers,
+                # seqio wants a folder for its loggers; ours keeps outputs in memory only
+                log_dir=log_dir or "<in memory>",
+            )
+        except (AssertionError, ValueError):
+            self.seqio = None
+        self.tasks = [t.name for t in self.seqio.eval_tasks] if self.seqio is not None else []
+        self._kept = next(
+            (x for x in getattr(self.seqio, "loggers", ()) if isinstance(x, _KeepOutputs)), None
+        )
+
+    def __bool__(self) -> bool:
+        """Whether any task of the mixture has metrics and this split."""
+        return bool(self.tasks)
+
+    def evaluate(
+        self,
+        model,
+        params: Callable[[], Any] | Any,
+        mesh,
+        rules,
+        batch_size: int,
+        step: int = 0,
+        cache: dict | None = None,
+    ) -> Evaluation:
+        """Decodes the split's examples (greedy, up to the targets length) and scores them."""
+        decode_fn = decoder(model, self.lengths["targets"], cache)
+        batch = max(batch_size // mesh.shape["data"], 1) * mesh.shape["data"]
+        get = params if callable(params) else (lambda: params)
+        predict_fn = make_predict_fn(decode_fn, get, batch)
+        with mesh, nn.logical_axis_rules(rules):
+            all_metrics, _ = self.seqio.evaluate(
+                compute_metrics=True, step=step, predict_fn=predict_fn
+            )
+        results = all_metrics.result() if hasattr(all_metrics, "result") else all_metrics
+        flat = {}
+        for task, values in results.items():
+            for name, value in values.items():
+                value = getattr(value, "value", value)
+                if np.ndim(value) == 0:
+                    flat[f"{task}/{name}"] = float(value)
+        return Evaluation(flat, dict(self._kept.outputs) if self._kept is not None else {})

@@ -56,16 +56,12 @@ def evaluate_checkpoint(
     model, params, mesh, rules = load_model(
         model_config, mixture_or_task_name, checkpoint_path, lengths
     )
-    evaluator = evaluation.make_evaluator(
+    evaluator = evaluation.Evaluator(
         mixture_or_task_name, split, task_feature_lengths, output_dir, num_examples
     )
-    if evaluator is None:
+    if not evaluator:
         raise UserError(f"{mixture_or_task_name}: no task with metrics has a {split!r} split")
-    decode_fn = evaluation.make_decode_fn(model, lengths[1])
-    batch = max(batch_size // mesh.shape["data"], 1) * mesh.shape["data"]
-    predict_fn = evaluation.make_predict_fn(decode_fn, lambda: params, batch)
-    with mesh, nn.logical_axis_rules(rules):
-        return evaluation.run_evaluation(evaluator, predict_fn, step=0)
+    return evaluator.evaluate(model, params, mesh, rules, batch_size).metrics
 
 
 def _read_inputs(path: str, card: cards_lib.TaskCard) -> list[dict[str, Any]]:

@@ -132,7 +132,6 @@ def train(
         loss_weighting, z_loss, optimizer, learning_rate_fn, cache,
     )  # fmt: skip
     model = Transformer(plan.model_config)
-    dec_len = plan.lengths[1]
 
     # ---------------------------------------------------------------- mesh
     mesh = mesh or partitioning.make_mesh()
@@ -213,14 +212,11 @@ def train(
         )
 
     eval_writer = writer("eval")
-    decode_fn = evaluation.decoder(model, dec_len, cache)
-    eval_batch = max(eval_batch_size // mesh.shape["data"], 1) * mesh.shape["data"]
-    predict_fn = evaluation.make_predict_fn(decode_fn, lambda: state.params, eval_batch)
-    evaluators: dict[str, object] = {}
+    evaluators: dict[str, evaluation.Evaluator] = {}
 
     def evaluate(split: str, step: int) -> dict[str, float]:
         if split not in evaluators:
-            evaluators[split] = evaluation.make_evaluator(
+            evaluators[split] = evaluation.Evaluator(
                 mixture_or_task_name,
                 split,
                 task_feature_lengths,
@@ -228,10 +224,11 @@ def train(
                 eval_examples if split == eval_split else None,
                 use_cached_tasks,
             )
-        if evaluators[split] is None:
+        if not evaluators[split]:
             return {}
-        with mesh, nn.logical_axis_rules(rules):
-            result = evaluation.run_evaluation(evaluators[split], predict_fn, step)
+        result = evaluators[split].evaluate(
+            model, lambda: state.params, mesh, rules, eval_batch_size, step, cache
+        ).metrics
         result = {f"{split}/{k}": v for k, v in result.items()}
         eval_writer.write_scalars(step, result)
         if is_main:
