@@ -19,7 +19,7 @@ from dsbs_jax.host_memory import keep_freed_memory
 VERBOSE_ENV = "DSBS_VERBOSE"
 # Commands whose work imports TensorFlow (through seqio or TFDS): it is imported quietly first.
 USES_TENSORFLOW = frozenset(
-    ("tasks", "inspect", "prepare", "vocab", "train", "eval", "predict", "sweep", "quickstart")
+    "tasks inspect prepare vocab corpus train pretrain eval predict sweep quickstart".split()
 )
 
 # name -> (module, one-line help). Order is the order of `dsbs --help`.
@@ -30,7 +30,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "teach": ("teach", "stage 1: extract few-shot CoT rationales and labels from a teacher"),
     "prepare": ("prepare", "write a TFDS dataset (train/validation/test) from teacher records"),
     "vocab": ("vocab", "train a T5-style sentencepiece vocabulary on prepared records"),
+    "corpus": ("corpus", "a pretraining corpus and shared vocabulary from prepared train splits"),
     "train": ("train", "train the T5 student (gin-configured, T5X conventions)"),
+    "pretrain": ("pretrain", "T5's span-corruption pretraining on plain text (runs/pretrain.gin)"),
     "compile": (
         "compile",
         "compile the train step for a TPU slice here: memory, FLOPs, collectives",
