@@ -226,9 +226,11 @@ def train(
             )
         if not evaluators[split]:
             return {}
-        result = evaluators[split].evaluate(
-            model, lambda: state.params, mesh, rules, eval_batch_size, step, cache
-        ).metrics
+        result = (
+            evaluators[split]
+            .evaluate(model, lambda: state.params, mesh, rules, eval_batch_size, step, cache)
+            .metrics
+        )
         result = {f"{split}/{k}": v for k, v in result.items()}
         eval_writer.write_scalars(step, result)
         if is_main:
