@@ -101,6 +101,12 @@ def add_sweep_arguments(parser: argparse.ArgumentParser, defaults: dict | None =
     )
     parser.add_argument("--test_examples", type=int, help="score the first N test examples")
     parser.add_argument(
+        "--score_split",
+        choices=("test", "validation"),
+        help="the split the table scores: validation while choosing settings, then test "
+        f"(default {show('score_split')})",
+    )
+    parser.add_argument(
         "--select",
         choices=SELECTIONS,
         help="which parameters are scored: the last step's, or those with the best direct-answer "
@@ -153,6 +159,7 @@ def config_from_args(args: argparse.Namespace, **defaults) -> SweepConfig:
         "model",
         "learning_rate",
         "test_examples",
+        "score_split",
         "warmup_steps",
         "lengths",
         "workers",

@@ -31,6 +31,7 @@ CORE = (
     "weight_decay",
     "lengths",
     "test_examples",
+    "score_split",
     "seed",
     "alpha",
     "score_rationale",
@@ -64,6 +65,7 @@ class SweepConfig:
     weight_decay: float = 0.0
     lengths: dict[str, int] | None = None  # inputs, labels, rationales
     test_examples: int | None = None  # default: the whole test split
+    score_split: str = "test"  # 'validation' while choosing settings (never choose on test)
     score_rationale: bool = False
     alpha: float = 0.5
     initial_checkpoint: str | None = None
@@ -84,6 +86,8 @@ class SweepConfig:
             raise UserError(f"--fractions {self.fractions}: each must be in (0, 100]")
         if self.seeds < 1 or self.steps < 1 or self.batch_size < 1 or self.workers < 1:
             raise UserError("--seeds, --steps, --batch_size and --workers must be at least 1")
+        if self.score_split not in ("test", "validation"):
+            raise UserError(f"--score_split {self.score_split!r}: test or validation")
         if self.select not in SELECTIONS:
             raise UserError(f"--select {self.select!r}: one of {', '.join(SELECTIONS)}")
         if self.select_every < 1:

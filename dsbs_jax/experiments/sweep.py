@@ -116,12 +116,16 @@ class Sweep:
         )
         cfg.lengths = dict(self.lengths)
         self.total = data_lib.train_size(self.card.name, cfg.data_dir)
-        self.test = data_lib.test_set(self.card.name, cfg.data_dir, cfg.test_examples)
+        self.test = data_lib.test_set(
+            self.card.name, cfg.data_dir, cfg.test_examples, cfg.score_split
+        )
         # Test (and validation) scores come from the one evaluator `dsbs eval` uses, on the gold
         # task, so a table's number is what `dsbs eval` gives for the run's checkpoint.
         gold = scoring.gold_task(self.card)
         eval_lengths = {"inputs": self.lengths["inputs"], "targets": self.lengths["labels"]}
-        self.test_evaluator = evaluation.Evaluator(gold, "test", eval_lengths, None, len(self.test))
+        self.test_evaluator = evaluation.Evaluator(
+            gold, cfg.score_split, eval_lengths, None, len(self.test)
+        )
         self.validation = []
         if cfg.select == "best_validation":
             self.validation_evaluator = evaluation.Evaluator(

@@ -75,6 +75,7 @@ def write_report(out_dir: str) -> dict[str, str]:
     core = info.get("core", {})
     task = core.get("task", "?")
     teacher = info.get("teacher_test_accuracy")
+    split = core.get("score_split", "test")
     table = tables_markdown(results)
     paths = {"table": os.path.join(out_dir, TABLE_FILE)}
     with open(paths["table"], "w", encoding="utf-8") as f:
@@ -82,7 +83,7 @@ def write_report(out_dir: str) -> dict[str, str]:
     png = plots.plot_accuracy(
         results,
         os.path.join(out_dir, PLOT_FILE),
-        title=f"{task}: test accuracy against training examples",
+        title=f"{task}: {split} accuracy against training examples",
         teacher_accuracy=teacher,
     )
     if png:
@@ -90,7 +91,7 @@ def write_report(out_dir: str) -> dict[str, str]:
     mc = info.get("model_config", {})
     settings = [
         f"- task `{task}`, training set {info.get('train_size', '?')} examples, "
-        f"test subset {info.get('test_examples', '?')} examples (gold labels)",
+        f"scored on {split}: {info.get('test_examples', '?')} examples (gold labels)",
         f"- model `{core.get('model')}`: d_model {mc.get('emb_dim')}, "
         f"{mc.get('num_encoder_layers')}+{mc.get('num_decoder_layers')} layers, "
         f"{mc.get('num_heads')} heads, mlp {mc.get('mlp_dim')}, tied embeddings "
@@ -108,7 +109,19 @@ def write_report(out_dir: str) -> dict[str, str]:
         ),
     ]
     if teacher is not None:
-        settings.append(f"- teacher accuracy on the same test subset: {teacher:.1f}%")
+        settings.append(f"- teacher accuracy on the same {split} examples: {teacher:.1f}%")
+    lengths = core.get("lengths") or {}
+    settings.append(
+        "- a run's number is `dsbs eval` on its last checkpoint (the same evaluator): "
+        f"`dsbs eval --gin_file={info.get('model_gin')} --gin_file=runs/eval.gin "
+        "--gin.CHECKPOINT_PATH=\"'runs/<method>/<fraction>/<seed>/checkpoint_<steps>'\" "
+        f"--gin.MIXTURE_OR_TASK_NAME=\"'{task}_gold_label'\" --gin.EVAL_SPLIT=\"'{split}'\" "
+        f"--gin.TASK_FEATURE_LENGTHS=\"{{'inputs': {lengths.get('inputs')}, "
+        f"'targets': {lengths.get('labels')}}}\" --gin.EVAL_EXAMPLES={info.get('test_examples')}"
+        + (f" --gin.VOCABULARY_PATH=\"'{core['vocabulary']}'\"" if core.get("vocabulary") else "")
+        + " --tfds_data_dir=DATA_DIR`"
+        + (" (with --select last)" if core.get("select", "last") != "last" else "")
+    )
     report = [
         f"# Sweep report: {task}",
         "",
