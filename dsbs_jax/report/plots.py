@@ -85,3 +85,35 @@ def plot_accuracy(
     fig.savefig(out_path, dpi=110, metadata={"Software": None})
     plt.close(fig)
     return out_path
+
+
+def plot_loss_curve(
+    metrics_path: str | os.PathLike, out_path: str | os.PathLike, title: str = ""
+) -> str:
+    """Writes a PNG of a run's train loss against its step (from MODEL_DIR/train/metrics.jsonl,
+    the last line of each step where a resumed run wrote it twice); returns its path."""
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    loss: dict[int, float] = {}
+    with open(metrics_path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                row = json.loads(line)
+                loss[int(row["step"])] = float(row["loss"])
+    steps = sorted(loss)
+    fig, ax = plt.subplots(figsize=(5.2, 3.6))
+    ax.plot(steps, [loss[s] for s in steps], color="tab:blue")
+    ax.set_xlabel("step")
+    ax.set_ylabel("train loss per target token")
+    ax.grid(alpha=0.3)
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=110)
+    plt.close(fig)
+    return os.fspath(out_path)
