@@ -36,6 +36,16 @@ def test_mean_and_standard_error_by_hand():
     assert tables.mean_stderr([42.0]).format() == "42.0"  # one seed: no error to show
 
 
+def test_separation_in_standard_errors_of_the_difference_by_hand():
+    rs = [_r("dsbs", 100, s, v) for s, v in enumerate((30.0, 34.0, 32.0))]
+    rs += [_r("finetune", 100, s, v) for s, v in enumerate((28.0, 29.0, 27.0))]
+    # dsbs 32 ± 1.155, finetune 28 ± 0.577: difference 4, error sqrt(4/3 + 1/3) = 1.291
+    diff, k = tables.separation(tables.mean_stderr([30, 34, 32]), tables.mean_stderr([28, 29, 27]))
+    assert diff == pytest.approx(4.0) and k == pytest.approx(4.0 / (5 / 3) ** 0.5)
+    table = tables.separation_markdown(rs)
+    assert "| fine-tuning (gold labels) | +4.0 (+3.1 s.e.) |" in table
+
+
 def test_markdown_table_rows_columns_and_cells():
     rs = [
         _r("dsbs", 100, 0, 50.0, 70.0),

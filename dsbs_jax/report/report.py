@@ -33,14 +33,15 @@ def read_sweep_info(out_dir: str) -> dict[str, Any]:
         return json.load(f)
 
 
-def tables_markdown(results: list[RunResult]) -> str:
+def tables_markdown(results: list[RunResult], split: str = "test") -> str:
     """The accuracy tables (direct answer; rationale-then-answer when scored), in markdown."""
     parts = []
     for metric, label in tables.METRICS.items():
         table = tables.markdown_table(results, metric)
         if table:
             parts.append(
-                f"Test accuracy (%), {label}, mean ± standard error over seeds:\n\n{table}"
+                f"{split.capitalize()} accuracy (%), {label}, mean ± standard error over "
+                f"seeds:\n\n{table}"
             )
     return "\n\n".join(parts) + "\n"
 
@@ -76,7 +77,8 @@ def write_report(out_dir: str) -> dict[str, str]:
     task = core.get("task", "?")
     teacher = info.get("teacher_test_accuracy")
     split = core.get("score_split", "test")
-    table = tables_markdown(results)
+    table = tables_markdown(results, split)
+    separation = tables.separation_markdown(results)
     paths = {"table": os.path.join(out_dir, TABLE_FILE)}
     with open(paths["table"], "w", encoding="utf-8") as f:
         f.write(table)
@@ -128,6 +130,17 @@ def write_report(out_dir: str) -> dict[str, str]:
         *settings,
         "",
         table,
+        *(
+            [
+                "Distilling step-by-step against each method, direct answer (points; in "
+                "standard errors of the difference):",
+                "",
+                separation,
+                "",
+            ]
+            if separation
+            else []
+        ),
         f"![accuracy]({PLOT_FILE})" if png else "",
         "",
         "Mean seconds per run:",

@@ -92,3 +92,38 @@ def markdown_table(results: Sequence[RunResult], metric: str = "accuracy", digit
         row.append("/".join(str(s) for s in sorted(seeds)))
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
+
+
+def separation(a: Cell, b: Cell) -> tuple[float, float | None]:
+    """(a's mean minus b's, that difference in standard errors of the difference: the two
+    seeds' sets are independent, so its error is sqrt(se_a^2 + se_b^2); None without errors)."""
+    diff = a.mean - b.mean
+    if a.stderr is None or b.stderr is None:
+        return diff, None
+    se = math.sqrt(a.stderr**2 + b.stderr**2)
+    return diff, (diff / se if se > 0 else None)
+
+
+def separation_markdown(
+    results: Sequence[RunResult], method: str = "dsbs", metric: str = "accuracy"
+) -> str:
+    """A markdown table: `method` minus each other method at each data size, in points and in
+    standard errors of the difference ("" when `method` or no other method ran)."""
+    cells = aggregate(results, metric)
+    if method not in cells or len(cells) < 2:
+        return ""
+    sizes = sorted(cells[method])
+    head = [f"{METHOD_NAMES.get(method, method)} minus"] + [f"{n} ex" for n in sizes]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for other in method_order(cells):
+        if other == method:
+            continue
+        row = [METHOD_NAMES.get(other, other)]
+        for n in sizes:
+            if n not in cells[other]:
+                row.append("–")
+                continue
+            diff, k = separation(cells[method][n], cells[other][n])
+            row.append(f"{diff:+.1f}" + (f" ({k:+.1f} s.e.)" if k is not None else ""))
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
