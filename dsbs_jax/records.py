@@ -8,9 +8,10 @@ Records are stored as JSON lines; reading validates every line and names file, l
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from dsbs_jax import atomic
@@ -88,11 +89,17 @@ def record_from_json(
     return Record(**obj)
 
 
-def iter_jsonl(path: os.PathLike | str) -> Iterator[tuple[int, Any]]:
-    """Yields (line number, decoded object) for each non-blank line; a bad line names itself."""
-    if not os.path.exists(path):
-        raise UserError(f"{path}: no such file")
-    with open(path, "rb") as f:
+def iter_jsonl(
+    path: os.PathLike | str, open_binary: Callable[[str], Any] | None = None
+) -> Iterator[tuple[int, Any]]:
+    """Yields (line number, decoded object) for each non-blank line; a bad line names itself.
+    `open_binary`: how to open the file for reading bytes (e.g. `tf.io.gfile.GFile(p, "rb")` for
+    GCS paths; default: a local file that must exist)."""
+    if open_binary is None:
+        if not os.path.exists(path):
+            raise UserError(f"{path}: no such file")
+        open_binary = functools.partial(open, mode="rb")
+    with open_binary(os.fspath(path)) as f:
         for lineno, raw in enumerate(f, start=1):
             try:
                 text = raw.decode("utf-8")

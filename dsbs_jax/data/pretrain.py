@@ -36,6 +36,7 @@ import tensorflow as tf
 from dsbs_jax.data import span_corruption as sc
 from dsbs_jax.data.vocab import EXTRA_IDS
 from dsbs_jax.errors import UserError, located
+from dsbs_jax.records import iter_jsonl
 
 DEFAULT_NAME = "pretrain"
 DEFAULT_INPUTS_LENGTH = 512
@@ -134,25 +135,14 @@ def _check_jsonl_files(files: list[str], field: str) -> int:
     """Every non-blank line a JSON object whose `field` is a string; the non-empty documents."""
     documents = 0
     for path in files:
-        with tf.io.gfile.GFile(path, "rb") as f:
-            for number, raw in enumerate(f, 1):
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError as e:
-                    raise located(path, number, f"not UTF-8 text (byte {e.start})") from None
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise located(path, number, f"not JSON ({e.msg})") from None
-                if not isinstance(record, dict):
-                    raise located(path, number, "expected a JSON object")
-                if field not in record:
-                    raise located(path, number, "missing", field=field)
-                if not isinstance(record[field], str):
-                    raise located(path, number, "expected a string", field=field)
-                documents += bool(record[field].strip())
+        for number, record in iter_jsonl(path, lambda p: tf.io.gfile.GFile(p, "rb")):
+            if not isinstance(record, dict):
+                raise located(path, number, "expected a JSON object")
+            if field not in record:
+                raise located(path, number, "missing", field=field)
+            if not isinstance(record[field], str):
+                raise located(path, number, "expected a string", field=field)
+            documents += bool(record[field].strip())
     if not documents:
         raise UserError(f"{', '.join(files)}: no text in field '{field}'; empty corpus")
     return documents
