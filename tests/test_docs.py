@@ -46,6 +46,7 @@ DOC_FILES = [
     "docs/quickstart.md",
     "docs/performance.md",
     "docs/scaling.md",
+    "docs/real_data.md",
     "docs/CONTRIBUTING.md",
     "bench/README.md",
 ]
