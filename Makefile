@@ -28,8 +28,11 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# Two workers: most tests spend their time in one thread (imports, tracing, tf.data set-up),
+# so two keep a 2-core CI machine busy. Each test file runs whole on one worker, in order.
+TEST_WORKERS ?= 2
 test: lint
-	$(PY) -m pytest -q -ra tests
+	$(PY) -m pytest -q -ra -n $(TEST_WORKERS) --dist loadfile tests
 
 format: $(VENV)/.installed
 	$(VENV)/bin/ruff format .

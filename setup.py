@@ -37,7 +37,7 @@ setup(
         "numpy>=1.26",
     ],
     extras_require={
-        "test": ["pytest>=8", "hypothesis>=6.100", "ruff>=0.6"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6.100", "ruff>=0.6"],
         # Hugging Face interop and the PyTorch baseline in bench/. torch 2.13.0 (CPU) is
         # what this project was tested with.
         "hf": ["torch>=2.13.0", "transformers>=4.46", "safetensors>=0.4"],
