@@ -11,6 +11,7 @@ import dataclasses
 import math
 import os
 import pathlib
+import re
 import string
 from typing import Any
 
@@ -21,6 +22,8 @@ from dsbs_jax.errors import UserError
 BUILTIN_CARD_DIR = pathlib.Path(__file__).resolve().parents[1] / "tasks" / "cards"
 LABEL_KINDS = ("choice", "parenthesised", "text", "strip_period")
 METRICS = ("accuracy", "equation_value")
+# A TFDS dataset name: it becomes folder and task names, so it can never name a path.
+CARD_NAME = re.compile(r"[a-z][a-z0-9_]*")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +94,10 @@ class TaskCard:
             raise ValueError(f"label is {value}, expected text or a number")
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
             raise ValueError(f"label must be text or a number, got {type(value).__name__}")
+        if self.label_names is not None and str(value) not in self.label_names:
+            raise ValueError(
+                f"label {value!r} is not one of {', '.join(self.label_names)} (or their index)"
+            )
         return str(value)
 
 
@@ -122,6 +129,14 @@ def _card_from_dict(d: dict[str, Any], path: str) -> TaskCard:
     missing = [n for n in ("name", "description", "input_template", "label_field") if n not in d]
     if missing:
         raise UserError(f"{path}: field '{missing[0]}': missing")
+    name = d["name"]
+    if not isinstance(name, str) or not CARD_NAME.fullmatch(name):
+        # The name becomes folder names (the prepared dataset, the teacher's output, task names):
+        # nothing in it may leave the folder it is put in.
+        raise UserError(
+            f"{path}: field 'name': {name!r} is not a dataset name (lower-case letters, digits "
+            "and '_', starting with a letter, e.g. my_task)"
+        )
     return TaskCard(parse=rule, path=path, **d)
 
 
