@@ -147,6 +147,42 @@ def test_safetensors_round_trip(tmp_path):
     )  # fmt: skip
 
 
+def test_an_interrupted_export_leaves_the_previous_one_whole(tmp_path, monkeypatch):
+    """The files go to a folder beside --out and are swapped in at once: a failure (or a kill)
+    after the weights were written leaves the previous export as it was, with no temp folder;
+    a folder with other files in it is refused, not replaced."""
+    config = hf.config_from_hf({"vocab_size": VOCAB, **V1_1})
+    out = tmp_path / "export"
+    vocab = tmp_path / "spm.model"
+    vocab.write_bytes(b"old tokenizer")
+    hf.save_hf(random_params(config, seed=1), config, out, vocab_path=vocab)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert before["spiece.model"] == b"old tokenizer"
+
+    real_copy = hf.shutil.copyfile
+
+    def killed_while_copying(src, dst):
+        real_copy(src, dst)
+        raise KeyboardInterrupt  # the weights and config are written, the tokenizer is not
+
+    monkeypatch.setattr(hf.shutil, "copyfile", killed_while_copying)
+    with pytest.raises(KeyboardInterrupt):
+        hf.save_hf(random_params(config, seed=2), config, out, vocab_path=vocab)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export", "spm.model"]
+
+    monkeypatch.undo()
+    hf.save_hf(random_params(config, seed=2), config, out)  # no vocabulary this time
+    after = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert after["model.safetensors"] != before["model.safetensors"]
+    assert "spiece.model" not in after  # the export is replaced whole, not merged
+
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match=r"export: holds notes.txt, not a Hugging Face export"):
+        hf.save_hf(random_params(config, seed=3), config, out)
+    assert (out / "notes.txt").read_text() == "mine"
+
+
 def _flax_tree(state: dict[str, np.ndarray]) -> dict:
     """A PyTorch-named T5 state dict in HF Flax's layout (kernel [in, out], embedding)."""
     tree: dict = {}

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from dsbs_jax import atomic
 from dsbs_jax.errors import UserError
 from dsbs_jax.interop import safetensors_io
 from dsbs_jax.model.t5 import T5Config
@@ -39,6 +40,14 @@ CONFIG_FILE = "config.json"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "flax_model.msgpack")
 INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 VOCAB_FILE = "spiece.model"
+# What `save_hf` writes: a folder holding only these is an export it may replace.
+EXPORT_FILES = (
+    CONFIG_FILE,
+    "model.safetensors",
+    "generation_config.json",
+    VOCAB_FILE,
+    "tokenizer_config.json",
+)
 
 Params = dict[str, Any]
 
@@ -419,10 +428,19 @@ def save_hf(
 ) -> str:
     """Writes `config.json` + `model.safetensors` (+ `spiece.model`) that transformers loads.
 
-    `dtype`: cast the weights ('float32', 'bfloat16'); None keeps theirs.
+    `dtype`: cast the weights ('float32', 'bfloat16'); None keeps theirs. The files are written
+    into a folder beside `out_dir` and swapped in whole: a kill leaves the previous export
+    complete. A folder that holds anything but an export's files is refused, not replaced.
     """
     out_dir = os.fspath(out_dir)
-    os.makedirs(out_dir, exist_ok=True)
+    if os.path.isdir(out_dir):
+        foreign = sorted(set(os.listdir(out_dir)) - set(EXPORT_FILES))
+        if foreign:
+            raise UserError(
+                f"--out {out_dir}: holds {', '.join(foreign[:3])}"
+                f"{' ...' if len(foreign) > 3 else ''}, not a Hugging Face export; an export "
+                "replaces its folder whole, so give a new or empty one"
+            )
     state = hf_state_from_params(params, config)
     cfg = hf_config_dict(config)
     if dtype is not None:
@@ -431,28 +449,43 @@ def save_hf(
         np_dtype = np.dtype(ml_dtypes.bfloat16) if dtype == "bfloat16" else np.dtype(dtype)
         state = {k: v.astype(np_dtype) for k, v in state.items()}
         cfg["torch_dtype"] = dtype
+    tmp = atomic.temporary_name(out_dir)
+    if os.path.exists(tmp):
+        shutil.rmtree(tmp)
+    os.makedirs(tmp)
+    try:
+        _write_hf_files(tmp, state, cfg, vocab_path)
+        atomic.replace_dir(tmp, out_dir)
+    finally:
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp)
+    return out_dir
+
+
+def _write_hf_files(out_dir: str, state: dict, cfg: dict, vocab_path) -> None:
     safetensors_io.write(
         os.path.join(out_dir, "model.safetensors"), state, metadata={"format": "pt"}
     )
-    with open(os.path.join(out_dir, CONFIG_FILE), "w", encoding="utf-8") as f:
-        json.dump(cfg, f, indent=2, sort_keys=True)
-        f.write("\n")
-    with open(os.path.join(out_dir, "generation_config.json"), "w", encoding="utf-8") as f:
-        json.dump({"decoder_start_token_id": 0, "eos_token_id": 1, "pad_token_id": 0}, f, indent=2)
-        f.write("\n")
+    _write_json(os.path.join(out_dir, CONFIG_FILE), cfg, sort_keys=True)
+    _write_json(
+        os.path.join(out_dir, "generation_config.json"),
+        {"decoder_start_token_id": 0, "eos_token_id": 1, "pad_token_id": 0},
+    )
     if vocab_path:
         shutil.copyfile(vocab_path, os.path.join(out_dir, VOCAB_FILE))
-        with open(os.path.join(out_dir, "tokenizer_config.json"), "w", encoding="utf-8") as f:
-            json.dump(
-                {
-                    "tokenizer_class": "T5Tokenizer",
-                    "extra_ids": 100,
-                    "eos_token": "</s>",
-                    "unk_token": "<unk>",
-                    "pad_token": "<pad>",
-                },
-                f,
-                indent=2,
-            )
-            f.write("\n")
-    return out_dir
+        _write_json(
+            os.path.join(out_dir, "tokenizer_config.json"),
+            {
+                "tokenizer_class": "T5Tokenizer",
+                "extra_ids": 100,
+                "eos_token": "</s>",
+                "unk_token": "<unk>",
+                "pad_token": "<pad>",
+            },
+        )
+
+
+def _write_json(path: str, value: dict, sort_keys: bool = False) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(value, f, indent=2, sort_keys=sort_keys)
+        f.write("\n")

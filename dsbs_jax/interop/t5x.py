@@ -26,6 +26,7 @@ from each stack's `relpos_bias/rel_embedding` [heads, buckets].
 from __future__ import annotations
 
 import os
+import shutil
 from typing import Any
 
 import numpy as np
@@ -283,7 +284,7 @@ def write_msgpack_checkpoint(
     written = _write_msgpack_tree(state, tmp, "", inline_rank0=True)
     with open(os.path.join(tmp, CHECKPOINT_FILE), "wb") as f:
         f.write(serialization.msgpack_serialize({"version": VERSION, "optimizer": written}))
-    os.replace(tmp, final)
+    atomic.replace_dir(tmp, final)
     return final
 
 
@@ -330,18 +331,28 @@ def write_orbax_checkpoint(
     import orbax.checkpoint as ocp  # noqa: PLC0415
 
     model_dir = os.path.abspath(os.fspath(model_dir))
+    final = os.path.join(model_dir, f"{PREFIX}_{step}")
     state = {"target": to_t5x_params(params), "state": {"step": np.asarray(step, np.int32)}}
     if param_states is not None:
         state["state"]["param_states"] = param_states
-    manager = ocp.CheckpointManager(
-        model_dir,
-        item_handlers={STATE_ITEM: ocp.PyTreeCheckpointHandler(use_ocdbt=True)},
-        options=ocp.CheckpointManagerOptions(step_prefix=PREFIX, create=True),
-    )
-    manager.save(step, args=ocp.args.Composite(**{STATE_ITEM: ocp.args.PyTreeSave(state)}))
-    manager.wait_until_finished()
-    manager.close()
-    return os.path.join(model_dir, f"{PREFIX}_{step}")
+    # Written in a model dir of its own beside the final one, then swapped in whole: a kill
+    # leaves an earlier export of this step complete.
+    staging = atomic.temporary_name(final)
+    if os.path.exists(staging):
+        shutil.rmtree(staging)
+    try:
+        manager = ocp.CheckpointManager(
+            staging,
+            item_handlers={STATE_ITEM: ocp.PyTreeCheckpointHandler(use_ocdbt=True)},
+            options=ocp.CheckpointManagerOptions(step_prefix=PREFIX, create=True),
+        )
+        manager.save(step, args=ocp.args.Composite(**{STATE_ITEM: ocp.args.PyTreeSave(state)}))
+        manager.wait_until_finished()
+        manager.close()
+        atomic.replace_dir(os.path.join(staging, f"{PREFIX}_{step}"), final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return final
 
 
 # ----------------------------------------------------------------------------------------------
