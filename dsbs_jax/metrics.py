@@ -6,9 +6,10 @@ parser over numbers, + - * /, unary minus and parentheses. Python's `eval` is ne
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 _SPACE = re.compile(r"\s+")
 _TOKEN = re.compile(r"\s*(?:(\d+\.?\d*|\.\d+)|(.))")
@@ -132,6 +133,58 @@ def accuracy(targets: Sequence[str], predictions: Sequence[str], metric: str = "
         * sum(label_correct(p, t, metric) for t, p in zip(targets, predictions))
         / len(targets)
     )
+
+
+def gold_readable(gold: str | None, metric: str = "accuracy") -> bool:
+    """Whether the metric can score against this gold label (an equation must evaluate)."""
+    if not normalize(gold):
+        return False
+    if metric == "equation_value":
+        try:
+            evaluate_equation(gold or "")
+        except EquationError:
+            return False
+    return True
+
+
+@dataclasses.dataclass(frozen=True)
+class TeacherScore:
+    """The teacher's labels against gold, over the records whose gold label the metric reads."""
+
+    correct: int
+    scored: int
+    unreadable_gold: int  # gold labels the metric cannot read: scored neither right nor wrong
+
+    @property
+    def accuracy(self) -> float | None:
+        """Percent right; a record with no teacher label (unparsed, failed) counts as wrong."""
+        return 100.0 * self.correct / self.scored if self.scored else None
+
+    def unreadable_line(self, where: str) -> str | None:
+        """The line that says how many gold labels were left out, or None when none were."""
+        if not self.unreadable_gold:
+            return None
+        return (
+            f"{where}: {self.unreadable_gold} gold label(s) the metric cannot read were left out "
+            "of the teacher's accuracy"
+        )
+
+
+def score_teacher(
+    pairs: Iterable[tuple[str | None, str | None]], metric: str = "accuracy"
+) -> TeacherScore:
+    """The teacher's accuracy from (teacher label, gold label) pairs; the one place it is
+    computed (`dsbs stats`, `dsbs teach`, a sweep's report). Pairs without gold are skipped."""
+    correct = scored = unreadable = 0
+    for teacher, gold in pairs:
+        if gold is None:
+            continue
+        if not gold_readable(gold, metric):
+            unreadable += 1
+            continue
+        scored += 1
+        correct += teacher is not None and label_correct(teacher, gold, metric)
+    return TeacherScore(correct, scored, unreadable)
 
 
 def seqio_metric(metric: str):

@@ -23,7 +23,8 @@ NO_TEACHER = "no_teacher"  # no teacher output for this input (yet)
 NO_ANSWER = "no_answer"  # the answer marker is missing or ambiguous
 EMPTY_LABEL = "empty_label"  # the marker is there, the label after it is empty or malformed
 EMPTY_RATIONALE = "empty_rationale"  # a label, but no rationale before it
-STATUSES = (OK, NO_TEACHER, NO_ANSWER, EMPTY_LABEL, EMPTY_RATIONALE)
+UNKNOWN_LABEL = "unknown_label"  # a label that is not one of the card's label names
+STATUSES = (OK, NO_TEACHER, NO_ANSWER, EMPTY_LABEL, EMPTY_RATIONALE, UNKNOWN_LABEL)
 
 
 @dataclasses.dataclass
@@ -86,6 +87,12 @@ def record_from_json(
         raise located(
             path, line, f"unknown status {status!r} (known: {', '.join(STATUSES)})", field="status"
         )
+    if status == OK:  # an ok record trains on both: neither may be missing or blank
+        for name in ("rationale", "teacher_label"):
+            if not (obj.get(name) or "").strip():
+                raise located(
+                    path, line, f"missing or empty in a record with status {OK!r}", field=name
+                )
     return Record(**obj)
 
 

@@ -1,10 +1,12 @@
 """`dsbs stats TASK --source_dir DIR [--json]`: per released split, count, parse failures and
-teacher label accuracy against gold (percent, the card's metric; unparsed outputs count wrong)."""
+teacher label accuracy against gold (percent, the card's metric; unparsed outputs count wrong;
+gold labels the metric cannot read are left out, and a line on stderr says how many)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -15,22 +17,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
-def split_stats(card, records) -> dict:
-    """{"n", "parse_failures", "teacher_accuracy"} of one split's records."""
-    from dsbs_jax.metrics import accuracy
+def split_stats(card, records) -> tuple[dict, str | None]:
+    """({"n", "parse_failures", "teacher_accuracy"}, the line about unreadable gold or None)."""
+    from dsbs_jax.metrics import score_teacher
 
-    return {
+    score = score_teacher(((r.teacher_label, r.gold_label) for r in records), card.metric)
+    stats = {
         "n": len(records),
         "parse_failures": sum(not r.ok for r in records),
-        "teacher_accuracy": round(
-            accuracy(
-                [r.gold_label or "" for r in records],
-                [r.teacher_label or "" for r in records],
-                card.metric,
-            ),
-            2,
-        ),
+        "teacher_accuracy": round(score.accuracy or 0.0, 2),
     }
+    return stats, score.unreadable_line(f"{card.name}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,7 +42,13 @@ def run(args: argparse.Namespace) -> int:
             f"{args.source_dir}: none of the {card.name} gold files "
             f"({', '.join(card.gold_files.values())})"
         )
-    out = {s: split_stats(card, read_released(card, args.source_dir, s)) for s in splits}
+    out, notes = {}, []
+    for split in splits:
+        out[split], note = split_stats(card, read_released(card, args.source_dir, split))
+        if note:
+            notes.append(note.replace(f"{card.name}:", f"{card.name} {split}:", 1))
+    for note in notes:  # on stderr, so that --json stays one JSON object
+        print(f"dsbs stats: {note}", file=sys.stderr)
     if args.json:
         print(json.dumps(out))
         return 0

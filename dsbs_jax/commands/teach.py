@@ -166,6 +166,25 @@ def make_backend(card: TaskCard, name: str, args: argparse.Namespace):
     return SimulatedBackend(card, seed=args.seed or 0)
 
 
+def check_outputs_match(backend, inputs: list[Record]) -> None:
+    """Teacher outputs made already must answer some of the inputs: none is an error (before
+    anything is written), some is said."""
+    matched = getattr(backend, "matched", None)
+    if matched is None:
+        return
+    found = matched(inputs)
+    if found == 0:
+        raise UserError(
+            f"{backend.source}: no output matches any of the {len(inputs)} inputs (by id, then "
+            f"by input text; the first input's id is {inputs[0].id!r})"
+        )
+    if found < len(inputs):
+        print(
+            f"teach: {len(inputs) - found} of {len(inputs)} inputs have no output in "
+            f"{backend.source} (status no_teacher)"
+        )
+
+
 def sampling_params(card: TaskCard, args: argparse.Namespace) -> SamplingParams:
     """Sampling parameters from the flags and the card (stop defaults to the card's cut)."""
     if args.n < 1:
@@ -206,6 +225,11 @@ def summary(task: str, split: str, stats: Stats, records_path: pathlib.Path) -> 
             f"  teacher accuracy: {stats.teacher_accuracy:.2f}% "
             f"({stats.correct}/{stats.with_gold} with gold labels)"
         )
+    if stats.unreadable_gold:
+        lines.append(
+            f"  gold labels the metric cannot read: {stats.unreadable_gold} (left out of the "
+            "teacher accuracy)"
+        )
     lines.append(f"  records: {records_path}")
     return "\n".join(lines)
 
@@ -223,6 +247,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     params = sampling_params(card, args)
     backend = make_backend(card, args.backend, args)
+    check_outputs_match(backend, inputs)
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     records_path = out / f"{card.name}_{args.split}.jsonl"

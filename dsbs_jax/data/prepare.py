@@ -27,7 +27,7 @@ from dsbs_jax.data import paths
 from dsbs_jax.data.cards import TaskCard
 from dsbs_jax.data.sources import read_released
 from dsbs_jax.errors import UserError
-from dsbs_jax.records import Record, read_records
+from dsbs_jax.records import OK, Record, read_records
 
 FEATURES = ("id", "input", "gold_label", "teacher_label", "rationale", "status")
 OUR_SPLITS = ("train", "validation", "test")
@@ -55,6 +55,19 @@ def _released_name(card: TaskCard, split: str) -> str:
     return mapped
 
 
+def _refuse_shared_files(card: TaskCard, record_files: dict[str, str]) -> None:
+    """One file as the train and the test split would score the student on what it trained on."""
+    train = card.splits.get("train", "train")
+    test = card.splits.get("test", "test")
+    if train in record_files and test in record_files:
+        a, b = record_files[train], record_files[test]
+        if os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b):
+            raise UserError(
+                f"--records: {b} is both the train and the test split; the test split must hold "
+                "other examples"
+            )
+
+
 def collect_records(
     card: TaskCard,
     source_dir: str | None,
@@ -63,6 +76,7 @@ def collect_records(
 ) -> dict[str, list[Record]]:
     """Records per released split: from `record_files` (split -> JSONL) or the released layout."""
     record_files = {_released_name(card, s): p for s, p in (record_files or {}).items()}
+    _refuse_shared_files(card, record_files)
     if source_dir is not None and not os.path.isdir(source_dir):
         raise UserError(f"{source_dir}: no such directory")
     out: dict[str, list[Record]] = {}
@@ -210,6 +224,11 @@ def write_tfds(
         counts = collections.Counter(r.status for r in records)
         detail = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
         log(f"writing {split}: {len(records)} examples ({detail or 'none'})")
+        if split == "train" and records and not counts[OK]:
+            log(
+                "  no train record has a teacher rationale and label (status ok): the "
+                "rationale and distillation tasks of this dataset have nothing to train on"
+            )
     tmp_dir = os.path.join(data_dir, f".{name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp_dir, ignore_errors=True)
     try:

@@ -17,7 +17,7 @@ from typing import Any
 
 from dsbs_jax.data.cards import TaskCard
 from dsbs_jax.errors import UserError, located
-from dsbs_jax.records import NO_TEACHER, OK, Record, iter_jsonl
+from dsbs_jax.records import EMPTY_RATIONALE, NO_TEACHER, OK, UNKNOWN_LABEL, Record, iter_jsonl
 from dsbs_jax.teacher.parse import parse_output
 
 _COT_FILE = re.compile(r"^(?P<split>.+)_CoT_(?P<index>\d+)\.json$")
@@ -91,7 +91,14 @@ def attach_teacher(record: Record, raw: str | None, card: TaskCard) -> Record:
         return record
     rationale, label, status = parse_output(raw, card.parse)
     record.rationale, record.teacher_label, record.status = rationale or None, label or None, status
+    _check_label_name(record, card)
     return record
+
+
+def _check_label_name(record: Record, card: TaskCard) -> None:
+    """A teacher label outside the card's label names is not ok (it is kept, and counted)."""
+    if record.status == OK and card.label_names and record.teacher_label not in card.label_names:
+        record.status = UNKNOWN_LABEL
 
 
 def read_released(
@@ -147,6 +154,7 @@ def read_jsonl(card: TaskCard, path: os.PathLike | str, split: str = "train") ->
             attach_teacher(r, str(obj["raw"]), card)
         elif obj.get("teacher_label") is not None:
             r.teacher_label, r.rationale = str(obj["teacher_label"]), obj.get("rationale")
-            r.status = OK if r.rationale else "empty_rationale"
+            r.status = OK if (r.rationale or "").strip() else EMPTY_RATIONALE
+            _check_label_name(r, card)
         records.append(r)
     return records

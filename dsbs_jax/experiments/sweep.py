@@ -150,12 +150,10 @@ class Sweep:
                     f"{path}: this folder holds a sweep with other settings ({k}: {old.get(k)!r}, "
                     f"now {core[k]!r}); use another --out, or the same settings to resume"
                 )
-        answered = [ex for ex in self.test if ex["status"] == "ok"]
-        correct = sum(
-            metrics.label_correct(ex["teacher_label"], ex["gold_label"], self.card.metric)
-            for ex in answered
-        )
-        self.teacher_accuracy = 100.0 * correct / len(self.test) if answered else None
+        self.teacher_accuracy = metrics.score_teacher(
+            ((ex["teacher_label"] or None, ex["gold_label"] or None) for ex in self.test),
+            self.card.metric,
+        ).accuracy
         info = {
             "core": core,
             "methods": list(self.cfg.methods),

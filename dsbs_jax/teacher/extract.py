@@ -22,8 +22,8 @@ from typing import Any
 
 from dsbs_jax.data.cards import TaskCard
 from dsbs_jax.data.sources import attach_teacher
-from dsbs_jax.metrics import label_correct
-from dsbs_jax.records import NO_TEACHER, OK, Record, append_record, write_records
+from dsbs_jax.metrics import score_teacher
+from dsbs_jax.records import OK, Record, append_record, write_records
 from dsbs_jax.teacher.backends.base import (
     Backend,
     Completion,
@@ -50,8 +50,9 @@ class Stats:
     completion_tokens: int = 0
     truncated: int = 0  # samples that stopped at the token limit (finish_reason length)
     retries: int = 0
-    with_gold: int = 0
+    with_gold: int = 0  # inputs whose gold label the card's metric can read
     correct: int = 0
+    unreadable_gold: int = 0  # gold labels the metric cannot read: left out of the accuracy
     sc_agreement: float | None = None  # self-consistency: mean share of votes for the majority
     seconds: float = 0.0
 
@@ -230,12 +231,9 @@ def _score(
     stats: Stats,
 ) -> None:
     stats.statuses = dict(Counter(r.status for r in records))
-    for r in records:
-        if r.gold_label is not None:
-            stats.with_gold += 1
-            stats.correct += r.status != NO_TEACHER and label_correct(
-                r.teacher_label, r.gold_label, card.metric
-            )
+    score = score_teacher(((r.teacher_label, r.gold_label) for r in records), card.metric)
+    stats.with_gold, stats.correct = score.scored, score.correct
+    stats.unreadable_gold = score.unreadable_gold
     if sc:
         shares = []
         for k in keys:

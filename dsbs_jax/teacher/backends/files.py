@@ -32,8 +32,10 @@ class FilesBackend:
         by_index: list[list[str] | None] | None = None,
         by_key: dict[str, list[str]] | None = None,
         model: str = "files",
+        source: str = "the teacher files",
     ):
         self.card = card
+        self.source = source
         self.model = model
         self._by_index = by_index
         self._by_key = by_key or {}
@@ -44,7 +46,8 @@ class FilesBackend:
     ) -> FilesBackend:
         """Outputs of the released layout, aligned with the gold records of the split."""
         records = read_released(card, source_dir, split, require_teacher=True)
-        return cls(card, by_index=[[r.raw] if r.raw is not None else None for r in records])
+        by_index = [[r.raw] if r.raw is not None else None for r in records]
+        return cls(card, by_index=by_index, source=f"{source_dir}/llm/{split}_CoT_*.json")
 
     @classmethod
     def from_jsonl(cls, card: TaskCard, path: os.PathLike | str) -> FilesBackend:
@@ -64,16 +67,24 @@ class FilesBackend:
             by_key[key] = raw
         if not by_key:
             raise UserError(f"{path}: no teacher outputs")
-        return cls(card, by_key=by_key)
+        return cls(card, by_key=by_key, source=os.fspath(path))
+
+    def _texts(self, index: int, rid: str, fields: dict[str, Any]) -> list[str] | None:
+        if self._by_key:
+            texts = self._by_key.get("id:" + rid)
+            if texts is None:
+                texts = self._by_key.get("input:" + self.card.render_input(fields))
+            return texts
+        if self._by_index is not None and index < len(self._by_index):
+            return self._by_index[index]
+        return None
+
+    def matched(self, inputs: list) -> int:
+        """How many of `inputs` (records, in order) have an output here."""
+        return sum(self._texts(i, r.id, r.fields) is not None for i, r in enumerate(inputs))
 
     def complete(self, request: Request, params: SamplingParams) -> Completion:
-        texts = None
-        if self._by_key:
-            texts = self._by_key.get("id:" + request.id)
-            if texts is None:
-                texts = self._by_key.get("input:" + self.card.render_input(request.fields))
-        elif self._by_index is not None and request.index < len(self._by_index):
-            texts = self._by_index[request.index]
+        texts = self._texts(request.index, request.id, request.fields)
         return Completion(texts=list(texts or [])[: params.n])
 
     def close(self) -> None:
