@@ -77,6 +77,26 @@ def existing_run(tmp_path) -> pathlib.Path:
         ),
         ("--gin.MIXTURE_OR_TASK_NAME=no_such_task", "unknown task or mixture 'no_such_task'"),
         ("--gin.train.log_every='x'", "train.log_every must be an integer"),
+        (
+            "--gin.TRAIN_STEP=7",
+            "--gin.TRAIN_STEP: no gin file or setting uses the macro TRAIN_STEP; did you mean "
+            "--gin.TRAIN_STEPS?",
+        ),
+        (
+            "--gin.learning_rate_schedule.base_learning_rate=-0.001",
+            "learning_rate_schedule.base_learning_rate: must be a number > 0, got -0.001",
+        ),
+        (
+            "--gin.learning_rate_schedule.base_learning_rate=nan",
+            "learning_rate_schedule.base_learning_rate: must be a number > 0, got 'nan'",
+        ),
+        (
+            "--gin.learning_rate_schedule.base_learning_rate=1e999",
+            "learning_rate_schedule.base_learning_rate: must be a number > 0, got inf",
+        ),
+        ("--gin.TRAIN_SPLIT='train[:200%]'", "TRAIN_SPLIT 'train[:200%]': not a TFDS split"),
+        ("--gin.INITIAL_CHECKPOINT_PATH='/no/such/ckpt'", "/no/such/ckpt: no such checkpoint"),
+        ("--gin.BATCH_SIZE=7", "BATCH_SIZE 7 is not divisible by the mesh's data axis (8)"),
     ],
 )
 def test_train_refuses_bad_settings_before_writing(existing_run, capsys, binding, needle):
@@ -167,6 +187,27 @@ def test_card_with_an_empty_answer_marker(tmp_path, capsys):
     src = _svamp(tmp_path, [GOOD])
     rc = cli.main(["stats", str(card), "--source_dir", str(src)])
     assert f"{card}: field 'parse.marker': must be non-empty text" in one_line(capsys, rc)
+
+
+@pytest.mark.parametrize("command", ["prepare", "teach"])
+def test_card_name_that_would_leave_the_output_folder(tmp_path, capsys, command):
+    """A card's name becomes folder names: one that climbs out of --data_dir / --out is refused
+    before anything is written."""
+    from dsbs_jax.data.cards import BUILTIN_CARD_DIR
+
+    text = (BUILTIN_CARD_DIR / "svamp.yaml").read_text()
+    card = tmp_path / "cards" / "mine.yaml"
+    card.parent.mkdir()
+    card.write_text(text.replace("name: svamp", 'name: "x/../../escaped"', 1))
+    src = _svamp(tmp_path, [GOOD])
+    out = tmp_path / "a" / "b"
+    if command == "prepare":
+        argv = ["prepare", str(card), "--source_dir", str(src), "--data_dir", str(out)]
+    else:
+        argv = ["teach", str(card), "--backend", "simulated", "--out", str(out)]
+    rc = cli.main(argv)
+    assert f"{card}: field 'name': 'x/../../escaped' is not a dataset name" in one_line(capsys, rc)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["cards", src.name])
 
 
 def test_export_out_that_is_a_file(tmp_path, capsys):
@@ -272,3 +313,90 @@ def test_prepare_killed_over_an_existing_dataset_leaves_one(tmp_path, delay):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert _train_count(data_dir) in (36, 2700)  # the old dataset or the new one
+
+
+def _records_file(path: pathlib.Path, rows: list[dict]) -> pathlib.Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"rationale": None}, "rationale"),
+        ({"rationale": "  "}, "rationale"),
+        ({"teacher_label": ""}, "teacher_label"),
+        ({"teacher_label": None}, "teacher_label"),
+    ],
+)
+def test_prepare_refuses_an_ok_record_with_nothing_to_train_on(tmp_path, capsys, change, field):
+    good = {"id": "a", "input": "q", "gold_label": "(1)", "rationale": "r", "teacher_label": "(1)"}
+    bad = {**good, "id": "b", **change}
+    path = _records_file(
+        tmp_path / "train.jsonl", [{**good, "status": "ok"}, {**bad, "status": "ok"}]
+    )
+    out = tmp_path / "out"
+    rc = cli.main(["prepare", "svamp", "--records", f"train={path}", "--data_dir", str(out)])
+    line = one_line(capsys, rc)
+    assert f"{path}:2: field '{field}': missing or empty in a record with status 'ok'" in line
+    assert not out.exists()
+
+
+def test_teacher_labels_outside_the_label_set_are_kept_not_trained_on(tmp_path):
+    from dsbs_jax.data.cards import load_card
+    from dsbs_jax.data.sources import read_jsonl
+
+    card = load_card("esnli")
+    rows = [
+        {"premise": "p", "hypothesis": "h", "label": 0, "raw": "r. Answer: entailment"},
+        {"premise": "p", "hypothesis": "h2", "label": "neutral", "raw": "r. Answer: maybe"},
+        {"premise": "p", "hypothesis": "h3", "label": 2, "teacher_label": "no", "rationale": "r"},
+    ]
+    records = read_jsonl(card, _records_file(tmp_path / "x.jsonl", rows))
+    assert [r.status for r in records] == ["ok", "unknown_label", "unknown_label"]
+    assert [r.teacher_label for r in records] == ["entailment", "maybe", "no"]
+    bad_gold = [{"premise": "p", "hypothesis": "h", "label": "definitely"}]
+    path = _records_file(tmp_path / "gold.jsonl", bad_gold)
+    with pytest.raises(cli.UserError, match=r"gold.jsonl:1: field 'label': label 'definitely' is"):
+        read_jsonl(card, path)
+
+
+def test_gold_labels_the_metric_cannot_read_are_left_out_and_said(tmp_path, capsys):
+    unreadable = json.dumps({"input": "q2", "label": "( 1.0 + )"})
+    src = _svamp(tmp_path, [GOOD, unreadable])  # the teacher says (2) to both
+    rc = cli.main(["stats", "svamp", "--source_dir", str(src), "--json"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert json.loads(captured.out)["train"]["teacher_accuracy"] == 100.0  # 1 of 1, not 1 of 2
+    assert "svamp train: 1 gold label(s) the metric cannot read were left out" in captured.err
+
+
+def test_teach_refuses_a_teacher_file_that_answers_no_input(tmp_path, capsys):
+    src = _svamp(tmp_path, [GOOD, GOOD.replace('"q"', '"q2"')])
+    teacher = _records_file(
+        tmp_path / "t.jsonl", [{"id": "other-1", "raw": "R. The answer is (2)."}]
+    )
+    out = tmp_path / "teach"
+    argv = ["teach", "svamp", "--source_dir", str(src), "--backend", "files"]
+    rc = cli.main([*argv, "--teacher_file", str(teacher), "--out", str(out)])
+    line = one_line(capsys, rc)
+    assert f"{teacher}: no output matches any of the 2 inputs" in line
+    assert not out.exists()
+    # One of two matched: it runs, and says how many have no output.
+    teacher = _records_file(
+        tmp_path / "t.jsonl", [{"input": "q2", "label": "x", "raw": "R. The answer is (2)."}]
+    )
+    rc = cli.main([*argv, "--teacher_file", str(teacher), "--out", str(out), "--no_progress"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert f"teach: 1 of 2 inputs have no output in {teacher} (status no_teacher)" in captured.out
+
+
+def test_prepare_refuses_one_file_as_train_and_test(tmp_path, capsys):
+    row = {"id": "a", "input": "q", "gold_label": "(1)", "status": "no_teacher"}
+    path = _records_file(tmp_path / "all.jsonl", [row])
+    out = tmp_path / "out"
+    argv = ["prepare", "svamp", "--records", f"train={path}", "--records", f"test={path}"]
+    rc = cli.main([*argv, "--data_dir", str(out)])
+    assert f"--records: {path} is both the train and the test split" in one_line(capsys, rc)
+    assert not out.exists()

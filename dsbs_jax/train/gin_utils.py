@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import difflib
 import logging
 import os
 import pathlib
@@ -90,6 +91,48 @@ def parse_gin(
         prefixes[:] = saved
     if check_required:  # a command that reads only part of the config (dsbs compile) skips it
         _check_required_macros(files, [*search_paths, str(PACKAGE_GIN_DIR)])
+    _check_macros_used(bindings)
+
+
+# Macros our code reads itself (`gin.query_parameter`), used whether or not a gin file does.
+CODE_MACROS = frozenset({"VOCABULARY_PATH"})
+_MACRO_BINDING = re.compile(r"^\s*([A-Za-z_]\w*)\s*=")
+
+
+def _used_macros() -> set[str]:
+    """The macros some binding of the parsed config refers to (`%NAME`)."""
+    used: set[str] = set()
+
+    def walk(value) -> None:
+        if isinstance(value, gin.config.ConfigurableReference):
+            name, _, kind = value.scoped_selector.partition("/")
+            if kind == "gin.macro":
+                used.add(name)
+        elif isinstance(value, (list, tuple, set)):
+            for item in value:
+                walk(item)
+        elif isinstance(value, dict):
+            for item in value.values():
+                walk(item)
+
+    for params in gin.config._CONFIG.values():  # gin has no public list of references
+        for value in params.values():
+            walk(value)
+    return used
+
+
+def _check_macros_used(bindings: Sequence[str]) -> None:
+    """A macro set on the command line that nothing uses is a typo (`--gin.TRAIN_STEP=7`): one
+    line naming it and the closest macro the config does use, instead of a silent no-op."""
+    used = _used_macros() | CODE_MACROS
+    for binding in bindings:
+        found = _MACRO_BINDING.match(binding)
+        if found is None or found.group(1) in used:
+            continue
+        name = found.group(1)
+        close = difflib.get_close_matches(name, sorted(used), n=1)
+        hint = f"; did you mean --gin.{close[0]}?" if close else ""
+        raise UserError(f"--gin.{name}: no gin file or setting uses the macro {name}{hint}")
 
 
 @contextlib.contextmanager

@@ -79,6 +79,13 @@ def check_split(tasks: list, split: Any, name: str = "TRAIN_SPLIT") -> None:
     if not isinstance(split, str) or not _SPLIT_NAME.match(split):
         raise UserError(f"{name} must be a split name like 'train' or 'train[:25%]', got {split!r}")
     base = _SPLIT_NAME.match(split).group(1)
+    import tensorflow_datasets as tfds  # noqa: PLC0415 - heavy, and only for this check
+
+    try:
+        tfds.core.ReadInstruction.from_spec(split)
+    except (ValueError, AssertionError) as e:
+        reason = str(e).strip().splitlines()[-1]
+        raise UserError(f"{name} {split!r}: not a TFDS split ({reason})") from None
     for task in tasks:
         try:
             known = list(task.source.splits)
@@ -154,6 +161,12 @@ def check_train_settings(
     check_split(tasks, train_split)
     if check_lengths:
         check_lengths_fit(tasks, task_feature_lengths, train_split)
+
+
+def check_lengths(mixture_or_task_name: str, task_feature_lengths: Any, train_split: str) -> None:
+    """`check_lengths_fit` over the tasks of a mixture or task name."""
+    tasks, _ = tasks_and_rates(mixture_or_task_name)
+    check_lengths_fit(tasks, task_feature_lengths, train_split)
 
 
 def check_lengths_fit(

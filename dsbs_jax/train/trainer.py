@@ -118,22 +118,16 @@ def train(
     tasks_lib.bind_tasks(mixture_or_task_name, data_dir, vocabulary_path)
     # Everything is checked before MODEL_DIR is touched; config.gin is written once the state
     # is restored (run_dir.write_config, below), and only by a run that will train.
+    # The quick checks first; reading examples to check their lengths comes last.
     run_dir.check_train_settings(
         mixture_or_task_name, task_feature_lengths, train_steps, batch_size, train_split,
         eval_period=eval_period, log_every=log_every, checkpoint_period=checkpoint_period,
-        eval_batch_size=eval_batch_size, random_seed=random_seed, check_lengths=check_lengths,
+        eval_batch_size=eval_batch_size, random_seed=random_seed, check_lengths=False,
         input_threads=input_threads,
     )  # fmt: skip
     model_dir = run_dir.check_model_dir(model_dir)
-    is_main = jax.process_index() == 0
-    cache = programs if programs is not None else {}
-    plan = plan_lib.plan_step(
-        mixture_or_task_name, task_feature_lengths, train_steps, batch_size, model_config,
-        loss_weighting, z_loss, optimizer, learning_rate_fn, cache,
-    )  # fmt: skip
-    model = Transformer(plan.model_config)
-
-    # ---------------------------------------------------------------- mesh
+    if initial_checkpoint_path and not os.path.exists(initial_checkpoint_path):
+        raise UserError(f"INITIAL_CHECKPOINT_PATH {initial_checkpoint_path}: no such checkpoint")
     mesh = mesh or partitioning.make_mesh()
     rules = axis_rules or partitioning.logical_axis_rules()
     if batch_size % mesh.shape["data"]:
@@ -141,6 +135,15 @@ def train(
             f"BATCH_SIZE {batch_size} is not divisible by the mesh's data axis ({mesh.shape['data']})"
         )
     log.info("mesh %s over %d devices", dict(mesh.shape), mesh.size)
+    is_main = jax.process_index() == 0
+    cache = programs if programs is not None else {}
+    plan = plan_lib.plan_step(
+        mixture_or_task_name, task_feature_lengths, train_steps, batch_size, model_config,
+        loss_weighting, z_loss, optimizer, learning_rate_fn, cache,
+    )  # fmt: skip
+    model = Transformer(plan.model_config)
+    if check_lengths:
+        run_dir.check_lengths(mixture_or_task_name, task_feature_lengths, train_split)
 
     # ---------------------------------------------------------------- checkpoints: where do we start?
     ckpt = checkpoints.Checkpointer(
