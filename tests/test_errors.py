@@ -84,15 +84,15 @@ def existing_run(tmp_path) -> pathlib.Path:
         ),
         (
             "--gin.learning_rate_schedule.base_learning_rate=-0.001",
-            "learning_rate_schedule.base_learning_rate: must be a number > 0, got -0.001",
+            "learning_rate_schedule.base_learning_rate: must be a number >= 0, got -0.001",
         ),
         (
             "--gin.learning_rate_schedule.base_learning_rate=nan",
-            "learning_rate_schedule.base_learning_rate: must be a number > 0, got 'nan'",
+            "learning_rate_schedule.base_learning_rate: must be a number >= 0, got 'nan'",
         ),
         (
             "--gin.learning_rate_schedule.base_learning_rate=1e999",
-            "learning_rate_schedule.base_learning_rate: must be a number > 0, got inf",
+            "learning_rate_schedule.base_learning_rate: must be a number >= 0, got inf",
         ),
         ("--gin.TRAIN_SPLIT='train[:200%]'", "TRAIN_SPLIT 'train[:200%]': not a TFDS split"),
         ("--gin.INITIAL_CHECKPOINT_PATH='/no/such/ckpt'", "/no/such/ckpt: no such checkpoint"),
@@ -400,3 +400,24 @@ def test_prepare_refuses_one_file_as_train_and_test(tmp_path, capsys):
     rc = cli.main([*argv, "--data_dir", str(out)])
     assert f"--records: {path} is both the train and the test split" in one_line(capsys, rc)
     assert not out.exists()
+
+
+def test_out_of_memory_is_one_line_with_what_would_help(tmp_path, capsys, monkeypatch):
+    """XLA's RESOURCE_EXHAUSTED (here raised by the command, as the step's allocation would)
+    is one line and exit 2: what the step asked for, what this machine has, and what helps."""
+    import jax
+
+    from dsbs_jax.commands import train as train_command
+
+    def step_too_big(args):
+        raise jax.errors.JaxRuntimeError(
+            "RESOURCE_EXHAUSTED: Out of memory allocating 26700000000 bytes."
+        )
+
+    monkeypatch.setattr(train_command, "run", step_too_big)
+    rc = cli.main([*TRAIN, f"--gin.MODEL_DIR={tmp_path / 'run'}"])
+    line = one_line(capsys, rc)
+    assert line.startswith("dsbs train: error: out of memory: the step asked for 24.9 GiB")
+    assert "GiB; try a smaller per-device batch (--gin.BATCH_SIZE)" in line
+    assert "--gin.EVAL_PERIOD=0" in line and "`dsbs compile`" in line
+    assert not (tmp_path / "run").exists()

@@ -13,13 +13,11 @@ from dsbs_jax.errors import UserError
 SCHEDULES = ("constant", "rsqrt", "cosine", "linear")
 
 
-def _check_number(name: str, value, positive: bool = False, at_most: float | None = None) -> None:
-    """A finite number (> 0 where `positive`, else >= 0; <= `at_most`), or one line naming it."""
+def _check_number(name: str, value, at_most: float = math.inf) -> None:
+    """A finite number in [0, at_most] (any size when at_most is inf), or one line naming it."""
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (value > 0 if positive else value >= 0)
-    ok = ok and (at_most is None or value <= at_most)
-    if not ok:
-        want = "a number > 0" if positive else f"a number in [0, {at_most}]"
+    if not (ok and 0 <= value <= at_most):
+        want = "a number >= 0" if at_most == math.inf else f"a number in [0, {at_most}]"
         raise UserError(f"{name}: must be {want}, got {value!r}")
 
 
@@ -38,7 +36,8 @@ def learning_rate_schedule(
     """
     if kind not in SCHEDULES:
         raise ValueError(f"learning_rate_schedule.kind must be one of {SCHEDULES}, got {kind!r}")
-    _check_number("learning_rate_schedule.base_learning_rate", base_learning_rate, positive=True)
+    # 0 is allowed: a run that keeps its initial parameters.
+    _check_number("learning_rate_schedule.base_learning_rate", base_learning_rate)
     _check_number("learning_rate_schedule.end_fraction", end_fraction, at_most=1.0)
     if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
         raise UserError(
@@ -83,9 +82,9 @@ def make_optimizer(
     adafactor_clipping_threshold: float | None = 1.0,
 ) -> optax.GradientTransformation:
     """`adafactor` (T5X's settings: factored, parameter-scaled, no momentum) or `adamw`."""
-    _check_number("make_optimizer.weight_decay", weight_decay, at_most=math.inf)
+    _check_number("make_optimizer.weight_decay", weight_decay)
     if clip_grad_norm is not None:
-        _check_number("make_optimizer.clip_grad_norm", clip_grad_norm, at_most=math.inf)
+        _check_number("make_optimizer.clip_grad_norm", clip_grad_norm)
     if name == "adafactor":
         tx = optax.adafactor(
             learning_rate=schedule,
