@@ -119,10 +119,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dsbs {args.command}: error: {errors.describe_os_error(e)}", file=sys.stderr)
         return 2
     except RuntimeError as e:
-        missing = _missing_gin_bindings(e)
-        if missing is None:
+        message = _missing_gin_bindings(e) or errors.out_of_memory(e)
+        if message is None:
             raise
-        print(f"dsbs {args.command}: error: {missing}", file=sys.stderr)
+        print(f"dsbs {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"dsbs {args.command}: interrupted", file=sys.stderr)

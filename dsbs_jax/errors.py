@@ -1,5 +1,10 @@
 """Errors that the CLI reports as one line, with exit code 2, and no traceback."""
 
+from __future__ import annotations
+
+import os
+import re
+
 
 class UserError(Exception):
     """Bad user input: a file, a flag or a config. The message names where (file:line: field)."""
@@ -61,3 +66,46 @@ def quiet_startup(tensorflow: bool) -> None:
     except ImportError:
         pass
     logging.getLogger("absl").setLevel(logging.WARNING)
+
+
+_BYTES = re.compile(r"(?:allocat\w*|needs?)\s+(\d+(?:\.\d+)?)\s*([KMGT]i?B|bytes|B)?", re.I)
+_UNITS = {"": 1, "B": 1, "BYTES": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12,
+          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}  # fmt: skip
+
+
+def device_memory_bytes() -> tuple[int | None, str]:
+    """(bytes of memory of one device, what it is): HBM where the runtime says, else host RAM."""
+    try:
+        import jax  # noqa: PLC0415
+
+        device = jax.devices()[0]
+        stats = device.memory_stats() or {}
+        if stats.get("bytes_limit"):
+            return int(stats["bytes_limit"]), f"a {device.device_kind} device"
+    except Exception:  # noqa: BLE001 - only for the message
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "this host's memory"
+    except (ValueError, OSError):
+        return None, "this host's memory"
+
+
+def out_of_memory(e: BaseException) -> str | None:
+    """XLA's RESOURCE_EXHAUSTED as one line: what the step asked for, what the device has, and
+    what would help; None for any other error."""
+    text = str(e)
+    if "RESOURCE_EXHAUSTED" not in text and "Out of memory" not in text:
+        return None
+    found = _BYTES.search(text)
+    asked = ""
+    if found:
+        amount = float(found.group(1)) * _UNITS[(found.group(2) or "").upper()]
+        asked = f" asked for {amount / 2**30:.1f} GiB, and"
+    have, what = device_memory_bytes()
+    has = f" {what} is {have / 2**30:.1f} GiB" if have else f" {what} is too small"
+    return (
+        f"out of memory: the step{asked}{has}; try a smaller per-device batch "
+        "(--gin.BATCH_SIZE), shorter TASK_FEATURE_LENGTHS, --gin.REMAT_POLICY=\"'full'\", or fewer "
+        "eval examples (--gin.train.eval_examples=N; --gin.EVAL_PERIOD=0 skips evaluation); "
+        "`dsbs compile` gives a step's memory before a run"
+    )
