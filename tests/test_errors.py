@@ -421,3 +421,18 @@ def test_out_of_memory_is_one_line_with_what_would_help(tmp_path, capsys, monkey
     assert "GiB; try a smaller per-device batch (--gin.BATCH_SIZE)" in line
     assert "--gin.EVAL_PERIOD=0" in line and "`dsbs compile`" in line
     assert not (tmp_path / "run").exists()
+
+
+def test_inspect_and_vocab_of_a_dataset_never_prepared_name_what_is_missing(tmp_path, capsys):
+    """What is missing first (the prepared dataset), and the commands that make it; `dsbs vocab`
+    says nothing about training before it has found the data."""
+    data = tmp_path / "data"
+    data.mkdir()  # a data folder, where svamp was never prepared
+    rc = cli.main(["inspect", "svamp_dsbs", "--data_dir", str(data)])
+    line = one_line(capsys, rc)
+    assert f"{data}/dsbs_svamp: no prepared dataset (and so no vocabulary)" in line
+    assert f"`dsbs prepare svamp --source_dir DIR --data_dir {data}`, then `dsbs vocab" in line
+    rc = cli.main(["vocab", "svamp", "--data_dir", str(data)])
+    captured = capsys.readouterr()
+    assert rc == 2 and "training a" not in captured.out, captured
+    assert f"{data}/dsbs_svamp: no prepared dataset" in captured.err

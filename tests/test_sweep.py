@@ -360,3 +360,41 @@ def test_validation_loss_keeps_the_parameters_with_the_lowest_gold_answer_loss()
     kept = jax.tree.leaves(hook.params)
     for a, b in zip(kept, jax.tree.leaves(candidates[best]), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
+def test_workers_end_with_their_parent_however_it_ends(tmp_path, how):
+    """A sweep's workers are started bound to it: when the parent process ends (a SIGTERM, or a
+    SIGKILL that leaves it no chance to clean up), no worker is left running as an orphan."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    parent_code = (
+        "import sys, time\n"
+        "from dsbs_jax.experiments.workers import popen_bound_to_parent\n"
+        "p = popen_bound_to_parent([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
+        "print(p.pid, flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", parent_code], stdout=subprocess.PIPE, text=True
+    )
+    worker = int(parent.stdout.readline())
+    assert _alive(worker)
+    parent.send_signal(getattr(signal, how))
+    parent.wait()
+    deadline = time.time() + 10
+    while _alive(worker) and time.time() < deadline:
+        time.sleep(0.05)
+    assert not _alive(worker), f"worker {worker} outlived its parent ({how})"
+
+
+def _alive(pid: int) -> bool:
+    """Whether the process exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

@@ -27,11 +27,13 @@ def run(args: argparse.Namespace) -> int:
 
     from dsbs_jax.data.vocab import EXTRA_IDS, train_vocab
 
-    print(
-        f"training a {args.vocab_size}-piece sentencepiece model on {args.task} train", flush=True
-    )
     path = train_vocab(
-        args.task, args.data_dir, args.vocab_size, args.out, model_type=args.model_type
+        args.task,
+        args.data_dir,
+        args.vocab_size,
+        args.out,
+        model_type=args.model_type,
+        say=lambda line: print(line, flush=True),
     )
     sp = spm.SentencePieceProcessor(model_file=path)
     print(

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import seqio
 
@@ -50,6 +50,14 @@ class LazyVocabulary(seqio.SentencePieceVocabulary):
         path = resolve_vocab_path(self._dataset, self._data_dir)
         if path != self._sentencepiece_model_file:
             if not os.path.exists(path):
+                root = paths.resolve_data_dir(self._data_dir)
+                prepared = os.path.join(root, paths.tfds_dataset_name(self._dataset))
+                if not os.environ.get(VOCAB_ENV) and not os.path.isdir(prepared):
+                    raise UserError(
+                        f"{prepared}: no prepared dataset (and so no vocabulary); run `dsbs "
+                        f"prepare {self._dataset} --source_dir DIR --data_dir {root}`, then "
+                        f"`dsbs vocab {self._dataset} --data_dir {root}`"
+                    )
                 raise UserError(
                     f"{path}: no vocabulary; train one with `dsbs vocab {self._dataset} "
                     f"--data_dir DIR`, or set {VOCAB_ENV} to a sentencepiece model"
@@ -158,8 +166,14 @@ def train_vocab(
     out_path: str | None = None,
     model_type: str = "unigram",
     num_threads: int | None = None,
+    say: Callable[[str], None] | None = None,
 ) -> str:
-    """Trains the dataset's vocabulary on its prepared train split; returns the model path."""
+    """Trains the dataset's vocabulary on its prepared train split; returns the model path.
+    `say` gets a line once the prepared data is read, before the (long) training starts."""
     out_path = out_path or default_vocab_path(dataset, data_dir)
     texts = list(training_texts(read_prepared(dataset, "train", data_dir)))
+    if say is not None:
+        say(
+            f"training a {vocab_size}-piece sentencepiece model on {dataset} train ({len(texts)} texts)"
+        )
     return train_sentencepiece(texts, out_path, vocab_size, model_type, num_threads)

@@ -19,10 +19,12 @@ their environment). A run's result depends only on its own seed and settings.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import selectors
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -112,6 +114,29 @@ def worker_log(out: str, index: int) -> str:
     return os.path.join(out, LOGS, f"worker_{index}.log")
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def _end_with_parent(parent: int) -> None:
+    """In the child, before exec: the kernel sends SIGTERM when the parent ends, however it
+    ends (SIGKILL included); a parent already gone means exit now. Linux only; elsewhere the
+    `finally` of `run_in_workers` is what stops the workers."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def popen_bound_to_parent(command: list[str], **kwargs) -> subprocess.Popen:
+    """`subprocess.Popen` of a process that ends when this one ends: no orphan worker keeps
+    training and writing into the output folder after its sweep was stopped."""
+    parent = os.getpid()
+    return subprocess.Popen(command, preexec_fn=lambda: _end_with_parent(parent), **kwargs)
+
+
 def run_in_workers(config: SweepConfig, n: int, log: Callable[[str], None]) -> None:
     """Runs the sweep's unfinished runs in `n` worker processes and waits for all of them.
 
@@ -130,7 +155,7 @@ def run_in_workers(config: SweepConfig, n: int, log: Callable[[str], None]) -> N
     for i in range(n):
         with open(worker_log(out, i), "w", encoding="utf-8") as err:
             procs.append(
-                subprocess.Popen(
+                popen_bound_to_parent(
                     worker_command(path, i),
                     env=env,
                     stdout=subprocess.PIPE,
@@ -139,8 +164,15 @@ def run_in_workers(config: SweepConfig, n: int, log: Callable[[str], None]) -> N
                     bufsize=1,
                 )
             )
-    _relay(procs, log)
-    codes = [p.wait() for p in procs]
+    try:
+        _relay(procs, log)
+        codes = [p.wait() for p in procs]
+    finally:  # an interrupted sweep (Ctrl-C, an error) stops its workers before it returns
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in procs:
+            p.wait()
     shutil.rmtree(claims, ignore_errors=True)
     for i, code in enumerate(codes):
         if code:
