@@ -64,3 +64,19 @@ def test_early_stopping_counts_evaluations_without_improvement():
     assert state.stop_reason is None
     stop.on_eval(state, "validation", {"validation/acc": 13.0})  # equal is no improvement
     assert "not improved for 2 evaluations" in state.stop_reason
+
+
+def test_metrics_rows_are_strict_json_when_a_value_is_not_finite():
+    """An infinite gradient norm (or NaN) is written as null: every row reads with a strict JSON
+    reader, where Python's default writer would put a bare `Infinity` in the file."""
+    import json
+
+    from dsbs_jax.train.hooks import metrics_row
+
+    def strict(name):
+        raise ValueError(name)
+
+    line = metrics_row(7, {"loss": 2.5, "grad_norm": float("inf"), "learning_rate": float("nan")})
+    assert json.loads(line, parse_constant=strict) == {
+        "step": 7, "loss": 2.5, "grad_norm": None, "learning_rate": None
+    }  # fmt: skip

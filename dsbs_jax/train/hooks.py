@@ -80,6 +80,15 @@ class Hook:
         """After the last step (the step budget reached, or a hook stopped the run)."""
 
 
+def metrics_row(step: int, metrics: dict[str, float]) -> str:
+    """One line of `train/metrics.jsonl`: strict JSON, so a value that is not finite (an infinite
+    gradient norm) is written as null, never as a bare `Infinity` or `NaN`."""
+    row = {
+        k: v if not isinstance(v, float) or math.isfinite(v) else None for k, v in metrics.items()
+    }
+    return json.dumps({"step": step, **row}, allow_nan=False)
+
+
 class LogMetrics(Hook):
     """Every `every` steps: loss, per-task losses, grad norm, learning rate and throughput to
     TensorBoard (`MODEL_DIR/train`), `MODEL_DIR/train/metrics.jsonl`, and the console (a tqdm
@@ -123,7 +132,7 @@ class LogMetrics(Hook):
         state.train_metrics = m
         self.writer.write_scalars(state.step, m)
         if self.metrics_file is not None:
-            self.metrics_file.write(json.dumps({"step": state.step, **m}) + "\n")
+            self.metrics_file.write(metrics_row(state.step, m) + "\n")
             self.metrics_file.flush()
         if self.bar is not None:
             self.bar.set_postfix(loss=f"{m['loss']:.4f}")
