@@ -13,8 +13,10 @@ ways give the same batches; the script checks that (sha1 of every array) before 
 from __future__ import annotations
 
 import argparse
+import atexit
 import hashlib
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -57,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     from dsbs_jax.train import input_pipeline
 
     out = tempfile.mkdtemp(prefix="dsbs_bench_pipeline_")
+    atexit.register(shutil.rmtree, out, True)  # the built-in data is removed at exit
     sizes = {"train": 1000, "validation": 200, "test": 200}
     data_dir, _ = make_builtin_data(out, sizes, difficulty="easy", log=lambda s: None)
     tasks_lib.register_card_tasks(load_card("arith"), data_dir, None)

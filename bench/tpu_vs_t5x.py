@@ -18,9 +18,11 @@ all-to-all) of each compile.
 from __future__ import annotations
 
 import argparse
+import atexit
 import importlib
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -65,12 +67,19 @@ def load_t5x_network(t5x_dir: str):
         path = root / rel / name
         if path.exists():
             return path.read_text()
-        return subprocess.run(
+        shown = subprocess.run(
             ["git", "--git-dir", str(root), "show", f"HEAD:{rel}/{name}"],
-            check=True, capture_output=True, text=True,
-        ).stdout  # fmt: skip
+            capture_output=True, text=True,
+        )  # fmt: skip
+        if shown.returncode:
+            sys.exit(
+                f"tpu_vs_t5x: --t5x_dir {t5x_dir}: no {rel}/{name} there (give a T5X checkout or "
+                "its git folder, or --which ours)"
+            )
+        return shown.stdout
 
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="t5x_anchor_"))
+    atexit.register(shutil.rmtree, tmp, True)  # the copy is imported; nothing is left behind
     pkg = tmp / "t5x_anchor"
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")
