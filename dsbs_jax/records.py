@@ -104,7 +104,10 @@ def iter_jsonl(
     GCS paths; default: a local file that must exist)."""
     if open_binary is None:
         if not os.path.exists(path):
-            raise UserError(f"{path}: no such file")
+            why = (
+                "a link that leads nowhere or to itself" if os.path.islink(path) else "no such file"
+            )
+            raise UserError(f"{path}: {why}")
         open_binary = functools.partial(open, mode="rb")
     with open_binary(os.fspath(path)) as f:
         for lineno, raw in enumerate(f, start=1):

@@ -169,6 +169,17 @@ def test_prepare_directory_where_a_file_is_expected(tmp_path, capsys):
     assert one_line(capsys, rc).endswith(f"{folder}: is a directory, expected a file")
 
 
+@pytest.mark.parametrize("target", ["self", "missing"])
+def test_stats_on_a_gold_file_that_is_a_broken_link(tmp_path, capsys, target):
+    """A link to itself or to nothing is not a missing split: one line names it."""
+    src = _svamp(tmp_path, [GOOD])
+    gold = src / "svamp_train.json"
+    gold.unlink()
+    gold.symlink_to(gold if target == "self" else tmp_path / "gone.json")
+    rc = cli.main(["stats", "svamp", "--source_dir", str(src)])
+    assert one_line(capsys, rc).endswith(f"{gold}: a link that leads nowhere or to itself")
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads anything")
 def test_prepare_file_that_cannot_be_read(tmp_path, capsys):
     path = tmp_path / "train.jsonl"

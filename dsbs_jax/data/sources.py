@@ -24,9 +24,14 @@ _COT_FILE = re.compile(r"^(?P<split>.+)_CoT_(?P<index>\d+)\.json$")
 
 
 def released_splits(card: TaskCard, source_dir: os.PathLike | str) -> list[str]:
-    """The released split names (train, valid, test) whose gold file exists in source_dir."""
+    """The released split names (train, valid, test) whose gold file exists in source_dir.
+
+    A gold file that is a link counts even when it leads nowhere (dangling, or a loop): reading
+    it then fails with one line naming it, instead of the split being skipped without a word.
+    """
     _check_dir(source_dir)
-    return [s for s, f in card.gold_files.items() if (pathlib.Path(source_dir) / f).exists()]
+    root = pathlib.Path(source_dir)
+    return [s for s, f in card.gold_files.items() if (root / f).exists() or (root / f).is_symlink()]
 
 
 def _check_dir(source_dir: os.PathLike | str) -> None:
