@@ -180,6 +180,24 @@ def test_stats_on_a_gold_file_that_is_a_broken_link(tmp_path, capsys, target):
     assert one_line(capsys, rc).endswith(f"{gold}: a link that leads nowhere or to itself")
 
 
+def test_prepare_an_empty_records_file(tmp_path, capsys):
+    path = tmp_path / "train.jsonl"
+    path.write_text("\n")
+    out = tmp_path / "out"
+    rc = cli.main(["prepare", "svamp", "--records", f"train={path}", "--data_dir", str(out)])
+    assert one_line(capsys, rc).endswith(f"{path}: no records (the file is empty)")
+    assert not out.exists()
+
+
+def test_prepare_too_few_records_to_carve_validation(tmp_path, capsys):
+    path = tmp_path / "train.jsonl"
+    path.write_text(json.dumps({"id": "a", "input": "q", "gold_label": "2"}) + "\n")
+    out = tmp_path / "out"
+    rc = cli.main(["prepare", "svamp", "--records", f"train={path}", "--data_dir", str(out)])
+    assert "1 record(s) are too few to carve a 10% validation split" in one_line(capsys, rc)
+    assert not out.exists()
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads anything")
 def test_prepare_file_that_cannot_be_read(tmp_path, capsys):
     path = tmp_path / "train.jsonl"

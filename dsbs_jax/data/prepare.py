@@ -15,6 +15,7 @@ process that never imported this module (TFDS reads it from its files).
 from __future__ import annotations
 
 import collections
+import contextlib
 import math
 import os
 import shutil
@@ -68,6 +69,13 @@ def _refuse_shared_files(card: TaskCard, record_files: dict[str, str]) -> None:
             )
 
 
+def _not_empty(records: list[Record], path: str) -> list[Record]:
+    """A split file without one record is a mistake (a wrong file, a failed copy), not a split."""
+    if not records:
+        raise UserError(f"{path}: no records (the file is empty)")
+    return records
+
+
 def collect_records(
     card: TaskCard,
     source_dir: str | None,
@@ -82,13 +90,14 @@ def collect_records(
     out: dict[str, list[Record]] = {}
     for split, path in record_files.items():
         log(f"reading {split}: {path}")
-        out[split] = read_records(path)
+        out[split] = _not_empty(read_records(path), path)
     if source_dir is not None:
         for split, file in card.gold_files.items():
-            if split in out or not os.path.exists(os.path.join(source_dir, file)):
+            gold = os.path.join(source_dir, file)
+            if split in out or not (os.path.exists(gold) or os.path.islink(gold)):
                 continue
-            log(f"reading {split}: {os.path.join(source_dir, file)} + llm/{split}_CoT_*.json")
-            out[split] = read_released(card, source_dir, split)
+            log(f"reading {split}: {gold} + llm/{split}_CoT_*.json")
+            out[split] = _not_empty(read_released(card, source_dir, split), gold)
     if not out:
         where = source_dir if source_dir is not None else "--records"
         raise UserError(
@@ -114,6 +123,7 @@ def build_splits(
         else:
             out["train"], out["validation"] = carve_validation(train, fraction)
             log(f"validation: {fraction:.0%} of released {train_name} (seed 0)")
+
     elif val_name and val_name in released:
         out["train"], out["validation"] = carve_validation(released[val_name], fraction)
         log(
@@ -122,6 +132,12 @@ def build_splits(
         )
     else:
         raise UserError(f"{card.name}: neither a {train_name!r} nor a validation split to train on")
+    if not out["train"]:
+        raise UserError(
+            f"{card.name}: {len(out['validation'])} record(s) are too few to carve a "
+            f"{fraction:.0%} validation split from and keep some to train on; give a "
+            f"validation file (--records {val_name}=FILE) or more records"
+        )
     if test_name in released:
         out["test"] = released[test_name]
     else:
@@ -237,6 +253,8 @@ def write_tfds(
         atomic.replace_dir(os.path.join(tmp_dir, name, paths.VERSION), version_dir)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
+        with contextlib.suppress(OSError):  # a failed first write leaves no empty dataset folder
+            os.rmdir(os.path.join(data_dir, name))
     log(f"{'replaced' if replacing else 'wrote'} {version_dir}")
     return version_dir
 
