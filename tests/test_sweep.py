@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -87,6 +88,19 @@ def test_results_file_ignores_a_torn_last_line_and_keeps_the_last_of_a_key(tmp_p
         f.write('{"method": "dsbs", "fra')
     rs = results_lib.read_results(tmp_path)
     assert [(r.method, r.accuracy) for r in rs] == [("dsbs", 12.0)]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("accuracy", "high"), ("seed", 1.5), ("timing", [1]), ("accuracy", True)]
+)
+def test_report_refuses_a_results_line_of_the_wrong_type(tmp_path, capsys, field, value):
+    results_lib.append_result(tmp_path, _r("dsbs", 100, 0, 10.0))
+    row = dataclasses.asdict(_r("finetune", 100, 0, 9.0)) | {field: value}
+    with open(results_lib.results_path(tmp_path), "a") as f:
+        f.write(json.dumps(row) + "\n")
+    assert main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"results.jsonl:2: field '{field}': must be" in err[0], err
 
 
 @pytest.fixture(scope="module")

@@ -41,6 +41,24 @@ class RunResult:
         return run_key(self.method, self.fraction, self.seed)
 
 
+_NUMBER = (int, float)
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "method": (str,),
+    "fraction": _NUMBER,
+    "seed": (int,),
+    "train_examples": (int,),
+    "steps": (int,),
+    "accuracy": _NUMBER,
+    "rationale_accuracy": _NUMBER,
+    "test_examples": (int,),
+    "seconds": _NUMBER,
+    "timing": (dict,),
+    "model_dir": (str,),
+    "selected_step": (int,),
+}
+_NULLABLE = {"rationale_accuracy", "selected_step"}
+
+
 def run_key(method: str, fraction: float, seed: int) -> tuple[str, float, int]:
     """What identifies a run within a sweep."""
     return (method, float(fraction), int(seed))
@@ -85,6 +103,14 @@ def read_results(out_dir: str | os.PathLike) -> list[RunResult]:
             raise located(path, lineno, "not valid JSON") from None
         if not isinstance(obj, dict):
             raise located(path, lineno, "expected a JSON object")
+        for name, kinds in _FIELD_TYPES.items():
+            value = obj.get(name)
+            if name in obj and not (
+                (value is None and name in _NULLABLE)
+                or (isinstance(value, kinds) and not isinstance(value, bool))
+            ):
+                what = " or ".join(k.__name__ for k in kinds)
+                raise located(path, lineno, f"must be {what}, got {value!r}", field=name)
         try:
             r = RunResult(**{k: v for k, v in obj.items() if k in fields})
         except TypeError as e:
