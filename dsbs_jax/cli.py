@@ -16,10 +16,13 @@ from dsbs_jax import errors
 from dsbs_jax.errors import UserError
 from dsbs_jax.host_memory import keep_freed_memory
 
-VERBOSE_ENV = "DSBS_VERBOSE"
+VERBOSE_ENV = errors.VERBOSE_ENV
+# Read before anything imports jax, which sets a default of its own.
+TF_LOG_LEVEL_FROM_USER = "TF_CPP_MIN_LOG_LEVEL" in os.environ
 # Commands whose work imports TensorFlow (through seqio or TFDS): it is imported quietly first.
 USES_TENSORFLOW = frozenset(
-    "tasks inspect prepare vocab corpus train pretrain eval predict sweep quickstart".split()
+    "tasks inspect prepare vocab corpus train pretrain compile eval predict export sweep "
+    "quickstart".split()
 )
 
 # name -> (module, one-line help). Order is the order of `dsbs --help`.
@@ -107,8 +110,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.gin_bindings = extra
     verbose = args.verbose or os.environ.get(VERBOSE_ENV, "") not in ("", "0")
+    if args.verbose:
+        os.environ[VERBOSE_ENV] = "1"  # for what checks it later, and for worker processes
     if not verbose:
-        errors.quiet_startup(tensorflow=args.command in USES_TENSORFLOW)
+        errors.quiet_startup(args.command in USES_TENSORFLOW, TF_LOG_LEVEL_FROM_USER)
     try:
         return int(module.run(args) or 0)
     except UserError as e:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+from collections.abc import Iterator
 
 
 class UserError(Exception):
@@ -32,40 +34,85 @@ def describe_os_error(e: OSError | UnicodeDecodeError) -> str:
     return f"{where}: {reason}" if where is not None else reason
 
 
-def quiet_startup(tensorflow: bool) -> None:
-    """Silences the start-up chatter of TensorFlow, absl and JAX, so stderr holds only our lines.
+VERBOSE_ENV = "DSBS_VERBOSE"
 
-    TensorFlow's native libraries print their start-up lines (oneDNN, CUDA drivers, absl's
-    "before InitializeLog") straight to file descriptor 2 whatever TF_CPP_MIN_LOG_LEVEL says:
-    TensorFlow is imported here once with that descriptor pointed at /dev/null. Python-side
-    info logs (absl, TFDS) are raised to warnings. `dsbs --verbose` or DSBS_VERBOSE=1 skip this.
+
+@contextlib.contextmanager
+def native_stderr_hidden() -> Iterator[None]:
+    """File descriptor 2 points at /dev/null for the block (unless DSBS_VERBOSE is set): for
+    native libraries (TensorFlow's and libtpu's start-up) that print there whatever their log
+    level says. Python's own errors still reach the caller as exceptions."""
+    if os.environ.get(VERBOSE_ENV, "") not in ("", "0"):
+        yield
+        return
+    import sys  # noqa: PLC0415
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def quiet_startup(tensorflow: bool, tf_log_level_from_user: bool = False) -> None:
+    """Silences the chatter of TensorFlow, absl, JAX, orbax and asyncio, so stderr holds only
+    our lines (and any real crash). `dsbs --verbose` or DSBS_VERBOSE=1 skip this.
+
+    - Native logs: TF_CPP_MIN_LOG_LEVEL=3 unless the user set it (importing jax sets 1, which
+      lets TensorFlow's cache and CUDA-probe warnings through). TensorFlow's native libraries
+      print their start-up lines ("before InitializeLog", CUDA drivers) straight to file
+      descriptor 2 whatever the level says: TensorFlow is imported here once with that
+      descriptor pointed at /dev/null, and its GPUs are hidden then (it only feeds data; the
+      probe would print a cuInit line later).
+    - Python logs: absl (seqio's length advice, orbax's metadata notes, CLU's empty
+      logger_cls) and asyncio (tasks orbax leaves behind when a checkpoint fails to read)
+      at errors only; Python warnings (deprecations of the libraries, and of their use here)
+      are not shown.
+    - A RuntimeError "Event loop is closed" that TensorStore's threads report (as unraisable)
+      when an orbax read fails and the reads still in flight end after its loop closed is
+      dropped; any other exception prints as usual.
     """
     import logging
-    import os
     import sys
+    import warnings
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if not tf_log_level_from_user:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
     if tensorflow and "tensorflow" not in sys.modules:
-        sys.stderr.flush()
-        saved = os.dup(2)
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        try:
-            os.dup2(devnull, 2)
+        with native_stderr_hidden():
             try:
-                import tensorflow  # noqa: F401, PLC0415
-            except ImportError:
+                import tensorflow as tf  # noqa: PLC0415
+
+                tf.config.set_visible_devices([], "GPU")
+            except (ImportError, RuntimeError, ValueError):
                 pass
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            os.close(devnull)
     try:
         from absl import logging as absl_logging  # noqa: PLC0415
 
-        absl_logging.set_verbosity(absl_logging.WARNING)
+        absl_logging.set_verbosity(absl_logging.ERROR)
     except ImportError:
         pass
-    logging.getLogger("absl").setLevel(logging.WARNING)
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    warnings.filterwarnings("ignore")  # ours are printed lines, never warnings
+    if not getattr(sys.unraisablehook, "drops_closed_loop_errors", False):
+        sys.unraisablehook = _without_closed_loop_errors(sys.unraisablehook)
+
+
+def _without_closed_loop_errors(hook):  # noqa: ANN001, ANN202
+    def unraisablehook(unraisable):  # noqa: ANN001, ANN202
+        value = unraisable.exc_value
+        if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
+            return
+        hook(unraisable)
+
+    unraisablehook.drops_closed_loop_errors = True
+    return unraisablehook
 
 
 _BYTES = re.compile(r"(?:allocat\w*|needs?)\s+(\d+(?:\.\d+)?)\s*([KMGT]i?B|bytes|B)?", re.I)

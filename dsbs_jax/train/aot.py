@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dsbs_jax import weighting
+from dsbs_jax import errors, weighting
 from dsbs_jax.data import tasks as tasks_lib
 from dsbs_jax.errors import UserError
 from dsbs_jax.model import t5
@@ -54,9 +54,10 @@ def topology_devices(name: str) -> list[jax.Device]:
     try:
         from jax.experimental import topologies
 
-        desc = topologies.get_topology_desc(
-            topology_name=name, platform="tpu", chip_config_name=chip_config
-        )
+        with errors.native_stderr_hidden():  # libtpu's lines on a host that is not a TPU VM
+            desc = topologies.get_topology_desc(
+                topology_name=name, platform="tpu", chip_config_name=chip_config
+            )
         return list(desc.devices)
     except Exception as e:  # libtpu missing or the name unknown: its message says which
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -114,7 +114,8 @@ def multihost_sync(name: str) -> None:
 def _first_line(e: BaseException) -> str:
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
     line = lines[0] if lines else type(e).__name__
-    return line.split(" See full TensorStore details")[0].rstrip(".")[:200]
+    line = line.split(" See full TensorStore details")[0].split(" [tensorstore_spec")[0].rstrip(".")
+    return line if len(line) <= 240 else line[:240].rsplit(" ", 1)[0] + " ..."
 
 
 def restore_newest_readable(
