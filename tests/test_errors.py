@@ -180,6 +180,21 @@ def test_stats_on_a_gold_file_that_is_a_broken_link(tmp_path, capsys, target):
     assert one_line(capsys, rc).endswith(f"{gold}: a link that leads nowhere or to itself")
 
 
+def test_prepare_leaves_nothing_in_the_temporary_folder(tmp_path, monkeypatch):
+    """TFDS makes an empty tmp*tfds folder for a builder with no dataset_info yet, and keeps it."""
+    import tempfile
+
+    system_tmp = tmp_path / "system_tmp"
+    system_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(system_tmp))
+    src = _svamp(tmp_path, [GOOD] * 12)
+    assert (
+        cli.main(["prepare", "svamp", "--source_dir", str(src), "--data_dir", str(tmp_path)]) == 0
+    )
+    assert list(system_tmp.iterdir()) == []
+    assert tempfile.tempdir == str(system_tmp)
+
+
 def test_prepare_an_empty_records_file(tmp_path, capsys):
     path = tmp_path / "train.jsonl"
     path.write_text("\n")

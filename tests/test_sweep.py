@@ -224,6 +224,7 @@ def test_two_workers_run_every_planned_run_exactly_once(tiny_data, tmp_path):
     assert set_up == {"worker 0", "worker 1"}
     assert sum(" accuracy " in x for x in lines) == 2
     assert not (out / "claims").exists()
+    assert not (out / ".tmp").exists()  # the workers' TMPDIRs
     for r in runs:
         assert (out / r.model_dir / "test_predictions.jsonl").exists()
     # The workers' standard error (library start-up chatter) is in their logs, not the terminal.
@@ -403,6 +404,28 @@ def test_workers_end_with_their_parent_however_it_ends(tmp_path, how):
     while _alive(worker) and time.time() < deadline:
         time.sleep(0.05)
     assert not _alive(worker), f"worker {worker} outlived its parent ({how})"
+
+
+def test_a_worker_stopped_by_sigterm_runs_its_cleanup_at_exit(tmp_path):
+    """What TensorFlow registers to run at exit (removing its generated files) still runs."""
+    import signal
+    import subprocess
+    import sys
+
+    marker = tmp_path / "cleaned"
+    code = (
+        "import atexit, sys, time\n"
+        "from dsbs_jax.experiments.workers import exit_cleanly_on_sigterm\n"
+        "exit_cleanly_on_sigterm()\n"
+        f"atexit.register(lambda: open({str(marker)!r}, 'w').close())\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 143
+    assert marker.exists()
 
 
 def _alive(pid: int) -> bool:

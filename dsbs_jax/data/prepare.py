@@ -19,7 +19,8 @@ import contextlib
 import math
 import os
 import shutil
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -192,6 +193,20 @@ def _builder_class(name: str, splits: dict[str, list[Record]]) -> type:
     return Builder
 
 
+@contextlib.contextmanager
+def _temp_files_under(folder: str) -> Iterator[None]:
+    """Python's temporary files go under `folder` for the block: a TFDS builder without a
+    dataset_info yet makes an empty `tmp*tfds` folder in /tmp that it never removes; under the
+    aside folder, it goes with it."""
+    os.makedirs(folder, exist_ok=True)
+    saved = tempfile.tempdir
+    tempfile.tempdir = folder
+    try:
+        yield
+    finally:
+        tempfile.tempdir = saved
+
+
 def _remove_stale_tmp(data_dir: str, name: str) -> None:
     """Removes what killed runs of `prepare` left aside (their process is gone)."""
     prefix = f".{name}.tmp-"
@@ -248,7 +263,8 @@ def write_tfds(
     tmp_dir = os.path.join(data_dir, f".{name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp_dir, ignore_errors=True)
     try:
-        _builder_class(name, splits)(data_dir=tmp_dir).download_and_prepare()
+        with _temp_files_under(tmp_dir):
+            _builder_class(name, splits)(data_dir=tmp_dir).download_and_prepare()
         replacing = os.path.exists(version_dir)
         atomic.replace_dir(os.path.join(tmp_dir, name, paths.VERSION), version_dir)
     finally:

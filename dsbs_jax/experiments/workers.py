@@ -27,6 +27,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 
@@ -38,6 +39,7 @@ _MODULE = "dsbs_jax.experiments.workers"
 CONFIG_FILE = "workers.json"
 CLAIMS = "claims"
 LOGS = "worker_logs"
+TMP = ".tmp"  # OUT/.tmp/worker_<i>: each worker's TMPDIR, removed when the workers end
 _TAIL_LINES = 30  # of a failed worker's log
 
 # One thread for XLA's CPU backend, TensorFlow's input pipeline and any BLAS a worker loads.
@@ -54,10 +56,14 @@ _ONE_THREAD_ENV = {
 }
 
 
-def worker_env(out: str) -> dict[str, str]:
-    """The parent's environment with every thread pool a worker touches set to one thread, and
-    JAX's persistent compilation cache in OUT/.jax_cache."""
+def worker_env(out: str, index: int | None = None) -> dict[str, str]:
+    """The parent's environment with every thread pool a worker touches set to one thread,
+    JAX's persistent compilation cache in OUT/.jax_cache, and (with an index) the worker's own
+    temporary folder OUT/.tmp/worker_<index> as TMPDIR: what a worker stopped by a signal
+    leaves there (TensorFlow autograph's generated files) goes with the folder."""
     env = dict(os.environ)
+    if index is not None:
+        env["TMPDIR"] = os.path.join(out, TMP, f"worker_{index}")
     env.update(_ONE_THREAD_ENV)
     env["JAX_COMPILATION_CACHE_DIR"] = os.path.join(out, ".jax_cache")
     env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
@@ -150,9 +156,12 @@ def run_in_workers(config: SweepConfig, n: int, log: Callable[[str], None]) -> N
     path = os.path.join(out, CONFIG_FILE)
     with open(path, "w", encoding="utf-8") as f:
         json.dump(config_dict(config), f, indent=1, sort_keys=True)
-    env = worker_env(out)
+    tmp = os.path.join(out, TMP)
+    shutil.rmtree(tmp, ignore_errors=True)  # a killed sweep's
     procs = []
     for i in range(n):
+        env = worker_env(out, i)
+        os.makedirs(env["TMPDIR"])
         with open(worker_log(out, i), "w", encoding="utf-8") as err:
             procs.append(
                 popen_bound_to_parent(
@@ -173,6 +182,7 @@ def run_in_workers(config: SweepConfig, n: int, log: Callable[[str], None]) -> N
                 p.terminate()
         for p in procs:
             p.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
     shutil.rmtree(claims, ignore_errors=True)
     for i, code in enumerate(codes):
         if code:
@@ -231,7 +241,16 @@ def worker_main(config_path: str, index: int) -> int:
     return 0
 
 
+def exit_cleanly_on_sigterm() -> None:
+    """A SIGTERM (the sweep stops its workers, or ended) exits as `sys.exit(143)` would, so that
+    `finally` blocks and cleanup at exit (TensorFlow's generated files) run. Only the main
+    thread may set a handler; elsewhere this does nothing."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+
+
 def _main(argv: list[str]) -> int:
+    exit_cleanly_on_sigterm()
     try:
         return worker_main(argv[0], int(argv[1]))
     except UserError as e:
