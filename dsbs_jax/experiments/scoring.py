@@ -15,7 +15,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -27,6 +27,7 @@ from dsbs_jax import atomic, metrics
 from dsbs_jax.data import text as text_lib
 from dsbs_jax.data.cards import TaskCard
 from dsbs_jax.data.text import LABEL_PREFIX, RATIONALE_PREFIX
+from dsbs_jax.progress import Progress
 from dsbs_jax.records import OK
 from dsbs_jax.teacher.parse import parse_output
 from dsbs_jax.train import evaluation, losses
@@ -58,12 +59,22 @@ def rationale_accuracy(
     return accuracy(answers, golds, card.metric), answers
 
 
-def _decode(state: RunState, cache: dict, vocab, texts: list[str], input_length: int, length: int):
+def _decode(
+    state: RunState,
+    cache: dict,
+    vocab,
+    texts: list[str],
+    input_length: int,
+    length: int,
+    progress: Progress | None = None,
+):
     data = state.mesh.shape["data"]
     batch = int(math.ceil(min(len(texts), 256) / data) * data)
     fn = evaluation.decoder(state.model, length, cache)
     with state.mesh, nn.logical_axis_rules(state.rules):
-        out, _ = evaluation.decode_texts(fn, state.params, vocab, texts, input_length, batch)
+        out, _ = evaluation.decode_texts(
+            fn, state.params, vocab, texts, input_length, batch, progress
+        )
     return out
 
 
@@ -80,8 +91,14 @@ class KeepBestOnValidation(Hook):
 
     higher_is_better = True
 
-    def __init__(self, evaluator: evaluation.Evaluator, every: int, cache: dict):
-        self.evaluator, self.every, self.cache = evaluator, every, cache
+    def __init__(
+        self,
+        evaluator: evaluation.Evaluator,
+        every: int,
+        cache: dict,
+        say: Callable[[str], None] | None = None,
+    ):
+        self.evaluator, self.every, self.cache, self.say = evaluator, every, cache, say
         self.best = -math.inf if self.higher_is_better else math.inf
         self.best_step, self.params = 0, None
 
@@ -91,7 +108,14 @@ class KeepBestOnValidation(Hook):
     def score(self, state: RunState) -> float:
         """The validation accuracy (%) of the direct answers."""
         ev = self.evaluator.evaluate(
-            state.model, state.params, state.mesh, state.rules, EVAL_BATCH, state.step, self.cache
+            state.model,
+            state.params,
+            state.mesh,
+            state.rules,
+            EVAL_BATCH,
+            state.step,
+            self.cache,
+            say=self.say,
         )
         return ev.metrics[f"{self.evaluator.tasks[0]}/accuracy"]
 
@@ -157,9 +181,10 @@ class ScoreTestSet(Hook):
         explain: bool,
         cache: dict,
         select: KeepBestOnValidation | None = None,
+        say: Callable[[str], None] | None = None,
     ):
         self.evaluator, self.card, self.vocab, self.lengths = evaluator, card, vocab, lengths
-        self.explain, self.cache, self.select = explain, cache, select
+        self.explain, self.cache, self.select, self.say = explain, cache, select, say
         self.result: dict[str, Any] = {}
         self.seconds = 0.0
 
@@ -168,7 +193,14 @@ class ScoreTestSet(Hook):
         if self.select is not None and self.select.params is not None:
             state = dataclasses.replace(state, params=self.select.params)
         ev = self.evaluator.evaluate(
-            state.model, state.params, state.mesh, state.rules, EVAL_BATCH, state.step, self.cache
+            state.model,
+            state.params,
+            state.mesh,
+            state.rules,
+            EVAL_BATCH,
+            state.step,
+            self.cache,
+            say=self.say,
         )
         task = self.evaluator.tasks[0]
         out = ev.outputs[task]
@@ -182,7 +214,7 @@ class ScoreTestSet(Hook):
             texts = [RATIONALE_PREFIX + x.removeprefix(LABEL_PREFIX) for x in out.inputs]
             rationales = _decode(
                 state, self.cache, self.vocab, texts, self.lengths["inputs"],
-                self.lengths["rationales"],
+                self.lengths["rationales"], Progress("decoding test rationales", self.say),
             )  # fmt: skip
             acc, answers = rationale_accuracy(rationales, out.targets, self.card)
             result |= {"rationale_accuracy": acc, "rationales": rationales, "answers": answers}

@@ -212,10 +212,15 @@ class Sweep:
         if os.path.exists(model_dir):
             shutil.rmtree(model_dir)  # an unfinished run: start it again from scratch
         os.makedirs(model_dir)
+        name = f"{plan.method} {plan.train_examples} ex seed {plan.seed}"
+
+        def say(line: str) -> None:  # progress of a long decode, on the sweep's log
+            self.log(f"{name}: {line}")
+
         select = None
         if self.cfg.select == "best_validation":
             select = scoring.KeepBestOnValidation(
-                self.validation_evaluator, self.cfg.select_every, self.cache
+                self.validation_evaluator, self.cfg.select_every, self.cache, say
             )
         elif self.cfg.select == "best_validation_loss":
             select = scoring.KeepBestOnValidationLoss(
@@ -229,6 +234,7 @@ class Sweep:
             explain=self.cfg.score_rationale and plan.method == "dsbs",
             cache=self.cache,
             select=select,
+            say=say,
         )
         config = gin_utils.scoped_config([self.model_gin, RUN_GIN], self.bindings(plan, model_dir))
         with config, CompileTimer() as timer:

@@ -19,6 +19,7 @@ import tensorflow as tf
 from dsbs_jax.data import text
 from dsbs_jax.data.text import EOS_ID
 from dsbs_jax.model import decode as decode_lib
+from dsbs_jax.progress import Progress
 
 
 def make_decode_fn(
@@ -58,10 +59,12 @@ def decode_batches(
     encoder_tokens: np.ndarray,
     batch_size: int,
     trim: bool = False,
+    progress: Callable[[int, int], None] | None = None,
 ) -> list[list[int]]:
     """Decodes all rows in fixed-size batches (the last one padded), so nothing recompiles.
 
     Rows keep their full length (seqio's vocabularies stop at EOS); `trim` cuts each after EOS.
+    `progress(done, total)` is called after each batch (`dsbs_jax.progress.Progress`).
     """
     outputs: list[list[int]] = []
     n = len(encoder_tokens)
@@ -83,20 +86,34 @@ def decode_batches(
             if trim and EOS_ID in row:
                 row = row[: row.index(EOS_ID) + 1]
             outputs.append(row)
+        if progress is not None:
+            progress(len(outputs), n)
     return outputs
 
 
 def decode_texts(
-    decode_fn: Callable, params: Any, vocab, texts: list[str], input_length: int, batch_size: int
+    decode_fn: Callable,
+    params: Any,
+    vocab,
+    texts: list[str],
+    input_length: int,
+    batch_size: int,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[list[str], int]:
     """Decoded text for each input text, and how many inputs were cut to `input_length`."""
     tokens, cut = text.encode_inputs(vocab, texts, input_length)
-    rows = decode_batches(decode_fn, params, tokens, batch_size)
+    rows = decode_batches(decode_fn, params, tokens, batch_size, progress=progress)
     return text.decode_rows(vocab, rows), cut
 
 
-def make_predict_fn(decode_fn: Callable, get_params: Callable[[], Any], batch_size: int):
-    """seqio's predict_fn: an enumerated dataset in, [(index, tokens)] out."""
+def make_predict_fn(
+    decode_fn: Callable,
+    get_params: Callable[[], Any],
+    batch_size: int,
+    new_progress: Callable[[], Callable[[int, int], None]] | None = None,
+):
+    """seqio's predict_fn: an enumerated dataset in, [(index, tokens)] out; `new_progress()`
+    gives the progress reporter of each call (one per task of a mixture)."""
 
     def predict_fn(ds: tf.data.Dataset) -> list[tuple[int, list[int]]]:
         indices, rows = [], []
@@ -105,7 +122,10 @@ def make_predict_fn(decode_fn: Callable, get_params: Callable[[], Any], batch_si
             rows.append(ex["encoder_input_tokens"])
         if not rows:
             return []
-        tokens = decode_batches(decode_fn, get_params(), np.stack(rows), batch_size)
+        progress = new_progress() if new_progress is not None else None
+        tokens = decode_batches(
+            decode_fn, get_params(), np.stack(rows), batch_size, False, progress
+        )
         return list(zip(indices, tokens))
 
     return predict_fn
@@ -225,12 +245,16 @@ class Evaluator:
         batch_size: int,
         step: int = 0,
         cache: dict | None = None,
+        say: Callable[[str], None] | None = None,
     ) -> Evaluation:
-        """Decodes the split's examples (greedy, up to the targets length) and scores them."""
+        """Decodes the split's examples (greedy, up to the targets length) and scores them;
+        `say` gets a progress line every ~10 s of decoding (none for a short split)."""
         decode_fn = decoder(model, self.lengths["targets"], cache)
         batch = max(batch_size // mesh.shape["data"], 1) * mesh.shape["data"]
         get = params if callable(params) else (lambda: params)
-        predict_fn = make_predict_fn(decode_fn, get, batch)
+        predict_fn = make_predict_fn(
+            decode_fn, get, batch, lambda: Progress(f"decoding {self.split}", say)
+        )
         with mesh, nn.logical_axis_rules(rules):
             all_metrics, _ = self.seqio.evaluate(
                 compute_metrics=True, step=step, predict_fn=predict_fn

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from typing import Any
@@ -16,6 +17,7 @@ from dsbs_jax.data import vocab as vocab_lib
 from dsbs_jax.data.text import LABEL_PREFIX, RATIONALE_PREFIX
 from dsbs_jax.errors import UserError, located
 from dsbs_jax.model.t5 import T5Config, Transformer
+from dsbs_jax.progress import Progress
 from dsbs_jax.records import iter_jsonl
 from dsbs_jax.train import checkpoints, evaluation, partitioning, run_dir
 from dsbs_jax.train.plan import model_config_for
@@ -61,7 +63,8 @@ def evaluate_checkpoint(
     )
     if not evaluator:
         raise UserError(f"{mixture_or_task_name}: no task with metrics has a {split!r} split")
-    return evaluator.evaluate(model, params, mesh, rules, batch_size).metrics
+    say = functools.partial(print, flush=True)
+    return evaluator.evaluate(model, params, mesh, rules, batch_size, say=say).metrics
 
 
 def _read_inputs(path: str, card: cards_lib.TaskCard) -> list[dict[str, Any]]:
@@ -131,8 +134,10 @@ def predict_file(
         nonlocal cut
         texts = [prefix + r["input"] for r in rows]
         with mesh, nn.logical_axis_rules(rules):
+            what = "predicting" if prefix == LABEL_PREFIX else "explaining"
+            progress = Progress(what, functools.partial(print, flush=True), unit="inputs")
             out, n_cut = evaluation.decode_texts(
-                decode_fn, params, vocab, texts, input_length, batch
+                decode_fn, params, vocab, texts, input_length, batch, progress
             )
         if prefix == LABEL_PREFIX:
             cut = n_cut

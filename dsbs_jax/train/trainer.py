@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import inspect
 import logging
 import os
@@ -231,7 +232,16 @@ def train(
             return {}
         result = (
             evaluators[split]
-            .evaluate(model, lambda: state.params, mesh, rules, eval_batch_size, step, cache)
+            .evaluate(
+                model,
+                lambda: state.params,
+                mesh,
+                rules,
+                eval_batch_size,
+                step,
+                cache,
+                say=functools.partial(print, flush=True) if is_main else None,
+            )
             .metrics
         )
         result = {f"{split}/{k}": v for k, v in result.items()}
