@@ -121,10 +121,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dsbs {args.command}: error: {message}", file=sys.stderr)
         return 2
     except (OSError, UnicodeDecodeError) as e:
-        print(f"dsbs {args.command}: error: {errors.describe_os_error(e)}", file=sys.stderr)
+        message = errors.disk_full(e) or errors.describe_os_error(e)
+        print(f"dsbs {args.command}: error: {message}", file=sys.stderr)
         return 2
     except RuntimeError as e:
-        message = _missing_gin_bindings(e) or errors.out_of_memory(e)
+        message = errors.disk_full(e) or _missing_gin_bindings(e) or errors.out_of_memory(e)
+        if message is None:
+            raise
+        print(f"dsbs {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except Exception as e:  # noqa: BLE001 - a library's own error type for a full disk
+        message = errors.disk_full(e)
         if message is None:
             raise
         print(f"dsbs {args.command}: error: {message}", file=sys.stderr)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 from collections.abc import Iterator
@@ -69,9 +70,10 @@ def quiet_startup(tensorflow: bool, tf_log_level_from_user: bool = False) -> Non
       descriptor 2 whatever the level says: TensorFlow is imported here once with that
       descriptor pointed at /dev/null, and its GPUs are hidden then (it only feeds data; the
       probe would print a cuInit line later).
-    - Python logs: absl (seqio's length advice, orbax's metadata notes, CLU's empty
-      logger_cls) and asyncio (tasks orbax leaves behind when a checkpoint fails to read)
-      at errors only; Python warnings (deprecations of the libraries, and of their use here)
+    - Python logs: absl (seqio's length advice, orbax's metadata notes and the tracebacks of
+      its writer threads when a save fails, CLU's empty logger_cls) and asyncio (tasks orbax
+      leaves behind when a checkpoint fails to read) are not shown: a failure reaches our
+      code as an exception and is said in one line. Python warnings (deprecations of the libraries, and of their use here)
       are not shown.
     - A RuntimeError "Event loop is closed" that TensorStore's threads report (as unraisable)
       when an orbax read fails and the reads still in flight end after its loop closed is
@@ -94,10 +96,10 @@ def quiet_startup(tensorflow: bool, tf_log_level_from_user: bool = False) -> Non
     try:
         from absl import logging as absl_logging  # noqa: PLC0415
 
-        absl_logging.set_verbosity(absl_logging.ERROR)
+        absl_logging.set_verbosity(absl_logging.FATAL)
     except ImportError:
         pass
-    logging.getLogger("absl").setLevel(logging.ERROR)
+    logging.getLogger("absl").setLevel(logging.CRITICAL)
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     warnings.filterwarnings("ignore")  # ours are printed lines, never warnings
     if not getattr(sys.unraisablehook, "drops_closed_loop_errors", False):
@@ -113,6 +115,33 @@ def _without_closed_loop_errors(hook):  # noqa: ANN001, ANN202
 
     unraisablehook.drops_closed_loop_errors = True
     return unraisablehook
+
+
+_NO_SPACE = "No space left on device"
+_WRITTEN_FILE = re.compile(r'file "(?P<path>[^"]+)"|(?P<bare>\S*/\S*?)[;:]\s*No space left')
+
+
+def disk_full(e: BaseException) -> str | None:
+    """A full disk (ENOSPC, however a library wrapped it) as one line naming the file being
+    written when the library says which; None for any other error."""
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:  # the error, then what it was raised from
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            where = f" writing {e.filename}" if e.filename else ""
+            break
+        if _NO_SPACE in str(e):
+            found = _WRITTEN_FILE.search(str(e))
+            path = (found.group("path") or found.group("bare")) if found else None
+            where = f" writing {path}" if path else ""
+            break
+        e = e.__cause__ or e.__context__
+    else:
+        return None
+    return (
+        f"no space left on the device{where}; free some space (or choose another output folder) "
+        "and run the same command again: what was complete before is kept"
+    )
 
 
 _BYTES = re.compile(r"(?:allocat\w*|needs?)\s+(\d+(?:\.\d+)?)\s*([KMGT]i?B|bytes|B)?", re.I)

@@ -467,6 +467,62 @@ def test_out_of_memory_is_one_line_with_what_would_help(tmp_path, capsys, monkey
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize(
+    "error",
+    [
+        OSError(28, "No space left on device", "/data/x.tfrecord"),
+        RuntimeError(
+            'ResourceExhaustedError: Failed to finalize writing of split "train": '
+            "/data/x.tfrecord; No space left on device"
+        ),
+        ValueError(
+            'RESOURCE_EXHAUSTED: Error writing local file "/data/x.tfrecord": Failed to write '
+            "15501 bytes to file 7: No space left on device [source locations='...']"
+        ),
+    ],
+)
+def test_a_full_disk_is_one_line_naming_the_file(tmp_path, capsys, monkeypatch, error):
+    """However a library wraps ENOSPC (TFDS, TensorStore), the user reads one line."""
+    from dsbs_jax.data import prepare as prepare_lib
+
+    def disk_full(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(prepare_lib, "write_tfds", disk_full)
+    src = _svamp(tmp_path, [GOOD] * 12)
+    rc = cli.main(["prepare", "svamp", "--source_dir", str(src), "--data_dir", str(tmp_path)])
+    assert one_line(capsys, rc) == (
+        "dsbs prepare: error: no space left on the device writing /data/x.tfrecord; free some "
+        "space (or choose another output folder) and run the same command again: what was "
+        "complete before is kept"
+    )
+
+
+def test_a_failed_save_stops_the_run(tmp_path, capsys, monkeypatch):
+    """Training does not go on past a checkpoint that could not be written."""
+    from dsbs_jax.train import checkpoints
+
+    saved = []
+    real_save = checkpoints.Checkpointer.save
+
+    def save(self, step, *args, **kwargs):
+        if step == 4:
+            raise ValueError(f'RESOURCE_EXHAUSTED: Error writing local file "{tmp_path}/run/'
+                             'checkpoint_4/params": No space left on device')  # fmt: skip
+        saved.append(step)
+        return real_save(self, step, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoints.Checkpointer, "save", save)
+    argv = [*TRAIN, f"--gin.MODEL_DIR={tmp_path / 'run'}", "--gin.TRAIN_STEPS=8",
+            "--gin.train.checkpoint_period=2", "--gin.train.log_every=1"]  # fmt: skip
+    rc = cli.main(argv)
+    line = one_line(capsys, rc)
+    assert line.startswith("dsbs train: error: no space left on the device writing ")
+    assert saved == [2]
+    rows = (tmp_path / "run" / "train" / "metrics.jsonl").read_text().splitlines()
+    assert max(json.loads(r)["step"] for r in rows) <= 4
+
+
 def test_inspect_and_vocab_of_a_dataset_never_prepared_name_what_is_missing(tmp_path, capsys):
     """What is missing first (the prepared dataset), and the commands that make it; `dsbs vocab`
     says nothing about training before it has found the data."""

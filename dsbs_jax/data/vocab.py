@@ -135,11 +135,8 @@ def train_sentencepiece(
     except RuntimeError as e:
         msg = str(e).strip().splitlines()[-1].split("] ")[-1]
         raise UserError(f"sentencepiece: {msg} (see --vocab_size)") from None
-    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    tmp = atomic.temporary_name(out_path)
-    with open(tmp, "wb") as f:
+    with atomic.open_atomic(out_path, "wb") as f:  # a full disk leaves no partial file
         f.write(model.getvalue())
-    os.replace(tmp, out_path)
     return out_path
 
 
