@@ -106,7 +106,8 @@ def test_kill_mid_run_then_resume(tmp_path):
         out1, err1 = first.communicate()
         assert first.returncode == -9
         answered_before = server.total_answered
-        records_before = lines(out / "svamp_train.jsonl")
+        records_before = lines(out / "svamp_train.jsonl.partial")
+        assert not (out / "svamp_train.jsonl").exists()  # the records file is only ever whole
         server.release(abort=True)  # the held requests were never answered
         second = subprocess.run(
             cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
@@ -123,6 +124,7 @@ def test_kill_mid_run_then_resume(tmp_path):
         r.ok and label_correct(r.teacher_label, r.gold_label, "equation_value") for r in records
     )
     assert "teacher accuracy: 100.00% (30/30" in second.stdout
+    assert not (out / "svamp_train.jsonl.partial").exists()
     assert "inputs/s ETA" in second.stdout  # plain progress lines when stdout is not a TTY
     # the API key reached the server and nowhere else
     assert all(x.authorization == f"Bearer {KEY}" for x in server.log)

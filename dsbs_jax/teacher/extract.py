@@ -2,10 +2,12 @@
 
 The path of one input: prompt (few-shot CoT from the card) -> cache key (prompt, model, endpoint,
 sampling params) -> the cache, or the backend (up to `concurrency` requests in flight) -> the
-answer is stored in the cache first, then its record is appended to the records file.
+answer is stored in the cache first, then its record is appended to `<records>.partial`.
 A run that is killed loses nothing it was answered: the next run finds those answers in the cache,
-asks only for the rest (each distinct prompt once), and finally rewrites the records file with
-exactly one record per input, in input order.
+asks only for the rest (each distinct prompt once), and finally writes the records file (through
+a temporary name and a rename) with exactly one record per input, in input order, and removes
+the partial file. The records file is only ever whole: a run that fails (a full disk, a kill)
+leaves the previous one, if any, as it was.
 """
 
 from __future__ import annotations
@@ -133,7 +135,8 @@ def extract(
     progress_every: float = 10.0,
     on_record: Callable[[Record], None] | None = None,
 ) -> tuple[list[Record], Stats]:
-    """Runs the teacher over inputs; writes `out_path` incrementally, then in input order."""
+    """Runs the teacher over inputs; appends records to `<out_path>.partial` as they come, then
+    writes `out_path` whole, in input order."""
     t0 = time.monotonic()
     stats = Stats(inputs=len(inputs))
     requests = [
@@ -164,10 +167,11 @@ def extract(
             for i, k in enumerate(keys)
             if k in answers
         ]
-        write_records(out_path, done_first)
+        partial = partial_path(out_path)
+        write_records(partial, done_first)
         bar = Progress(len(inputs), len(done_first), progress, progress_every)
         pending = [k for k in groups if k not in answers]
-        with open(out_path, "a", encoding="utf-8") as out:
+        with open(partial, "a", encoding="utf-8") as out:
 
             def finish(key: str, completion: Completion | None) -> None:
                 if completion is not None:
@@ -216,10 +220,16 @@ def extract(
 
     records = [_record(card, r, answers.get(k), self_consistency) for r, k in zip(inputs, keys)]
     write_records(out_path, records)
+    os.remove(partial)
     _score(card, records, answers, keys, self_consistency, stats)
     stats.retries = getattr(backend, "retries", 0)
     stats.seconds = time.monotonic() - t0
     return records, stats
+
+
+def partial_path(out_path: os.PathLike | str) -> str:
+    """Where a running `teach` appends records as answers arrive: `<records>.partial`."""
+    return os.fspath(out_path) + ".partial"
 
 
 def _score(
