@@ -147,6 +147,28 @@ def test_malformed_json_is_retried_or_recorded(tmp_path):
     assert stats.failed == 1
 
 
+def test_a_response_far_over_max_tokens_is_cut_off_not_kept(tmp_path):
+    """A server that ignores max_tokens (60 MB for 64 tokens asked) fills neither memory nor
+    the cache: the request fails at the limit, once (not retried), and the run goes on."""
+    from dsbs_jax.teacher.backends.openai import response_limit
+
+    params = SamplingParams(max_tokens=64, stop=("Q:",))
+    huge = "x" * (response_limit(params) + 10)
+
+    def answer(body, path, seen):
+        if "has 0 " in last_query(body):
+            return Reply(texts=[huge])
+        return good(last_query(body))
+
+    with ScriptedServer(answer) as server:
+        records, stats = run(server, tmp_path, n=2, params=params)
+        asked_for_0 = sum("has 0 " in last_query(x.body) for x in server.log)
+    assert [r.status for r in records] == [NO_TEACHER, OK]
+    assert stats.failed == 1 and asked_for_0 == 1
+    cache = (tmp_path / "cache" / "requests.jsonl").read_text()
+    assert len(cache) < 10_000 and "xxxx" not in cache
+
+
 def test_truncated_answer_is_recorded_with_its_parse_status(tmp_path):
     def answer(body, path, seen):
         if "has 0 " in last_query(body):

@@ -11,6 +11,7 @@ only in the Authorization header and is removed from every message this module p
 
 from __future__ import annotations
 
+import dataclasses
 import email.utils
 import http.client
 import json
@@ -31,6 +32,18 @@ log = logging.getLogger(__name__)
 ENDPOINTS = {"chat": "chat/completions", "completions": "completions"}
 RETRY_STATUSES = frozenset({408, 409, 425, 429}) | frozenset(range(500, 600))
 MAX_RETRY_AFTER = 600.0
+
+
+def response_limit(params: SamplingParams) -> int:
+    """The most bytes a response may have: 64 KiB of JSON around the texts, plus 64 bytes per
+    token asked for (a token is a few bytes of text, escaped at most 6x in JSON). A server that
+    sends more (ignoring max_tokens, or broken) is cut off: nothing unbounded reaches memory or
+    the cache."""
+    return 65536 + max(params.n, 1) * max(params.max_tokens, 1) * 64
+
+
+class _TooLarge(Exception):
+    """A response past `response_limit`: not retried, the server would do it again."""
 
 
 class _Transient(Exception):
@@ -159,7 +172,7 @@ class OpenAIBackend:
             body["seed"] = params.seed
         return body
 
-    def _post(self, payload: bytes) -> tuple[int, dict[str, str], bytes]:
+    def _post(self, payload: bytes, limit: int) -> tuple[int, dict[str, str], bytes]:
         for fresh in (False, True):
             conn = self._connection()
             reused = getattr(conn, "sock", None) is not None
@@ -171,7 +184,12 @@ class OpenAIBackend:
                     conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 conn.request("POST", self._path, body=payload, headers=self._headers())
                 resp = conn.getresponse()
-                data = resp.read()
+                data = resp.read(limit + 1)
+                if len(data) > limit:
+                    self._drop_connection()
+                    raise _TooLarge(
+                        f"response over {limit} bytes for max_tokens and n asked; cut off"
+                    )
                 headers = {k.lower(): v for k, v in resp.getheaders()}
                 if resp.will_close:
                     self._drop_connection()
@@ -222,10 +240,14 @@ class OpenAIBackend:
 
     def _once(self, prompt: str, params: SamplingParams, n: int) -> Completion:
         payload = json.dumps(self.body(prompt, params, n)).encode("utf-8")
+        limit = response_limit(dataclasses.replace(params, n=n))
         attempt = 0
         while True:
             try:
-                completion = self._parse(*self._post(payload))
+                try:
+                    completion = self._parse(*self._post(payload, limit))
+                except _TooLarge as e:
+                    raise RequestFailed(str(e)) from None
                 if not completion.texts:
                     raise _Transient("no choices in the response")
                 completion.attempts = attempt + 1
