@@ -523,6 +523,18 @@ def test_a_failed_save_stops_the_run(tmp_path, capsys, monkeypatch):
     assert max(json.loads(r)["step"] for r in rows) <= 4
 
 
+@pytest.mark.parametrize(
+    ("flags", "needle"),
+    [(["--steps", "0"], "--steps"), (["--fractions", "150"], "--fractions"),
+     (["--workers", "0"], "--workers")],
+)  # fmt: skip
+def test_quickstart_checks_its_settings_before_writing(tmp_path, capsys, flags, needle):
+    out = tmp_path / "qs"
+    rc = cli.main(["quickstart", "--out", str(out), *flags])
+    assert needle in one_line(capsys, rc)
+    assert not out.exists()
+
+
 def test_inspect_and_vocab_of_a_dataset_never_prepared_name_what_is_missing(tmp_path, capsys):
     """What is missing first (the prepared dataset), and the commands that make it; `dsbs vocab`
     says nothing about training before it has found the data."""

@@ -9,6 +9,7 @@ prints where the report is. Same command and seed: the same table. See docs/quic
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import time
 
@@ -41,6 +42,15 @@ def run(args: argparse.Namespace) -> int:
     def log(s: str) -> None:
         print(f"[{time.perf_counter() - t0:6.1f}s] {s}", flush=True)
 
+    # The sweep's settings are checked before anything is written (data_dir comes after).
+    config = config_from_args(
+        args,
+        **budget["sweep"],
+        task="arith",
+        data_dir="",
+        out=os.path.join(out, "sweep"),
+        seed=args.seed,
+    )
     data_dir, _ = make_builtin_data(
         out,
         budget["sizes"],
@@ -48,14 +58,7 @@ def run(args: argparse.Namespace) -> int:
         difficulty=args.difficulty or budget["difficulty"],
         log=log,
     )
-    config = config_from_args(
-        args,
-        **budget["sweep"],
-        task="arith",
-        data_dir=data_dir,
-        out=os.path.join(out, "sweep"),
-        seed=args.seed,
-    )
+    config = dataclasses.replace(config, data_dir=data_dir)
     run_sweep(config, log=log)
     paths = write_report(config.out)
     print()
