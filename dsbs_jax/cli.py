@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
 
 from dsbs_jax import errors
@@ -109,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     if extra and not getattr(module, "ACCEPTS_GIN_BINDINGS", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.gin_bindings = extra
+    previous_sigterm = errors.exit_cleanly_on_sigterm()  # a `kill` runs our cleanup
     verbose = args.verbose or os.environ.get(VERBOSE_ENV, "") not in ("", "0")
     if args.verbose:
         os.environ[VERBOSE_ENV] = "1"  # for what checks it later, and for worker processes
@@ -139,6 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"dsbs {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if previous_sigterm is not None:  # as it was for the caller (main called in-process)
+            signal.signal(signal.SIGTERM, previous_sigterm)
 
 
 if __name__ == "__main__":

@@ -60,6 +60,20 @@ def native_stderr_hidden() -> Iterator[None]:
         os.close(devnull)
 
 
+def exit_cleanly_on_sigterm() -> object:
+    """A SIGTERM (`kill`, a scheduler, a sweep stopping its workers) exits as `sys.exit(143)`
+    would, so that `finally` blocks (temporary folders, workers stopped) and cleanup at exit
+    (TensorFlow's generated files) run. Returns the handler it replaced. Only the main thread
+    may set a handler; elsewhere this does nothing (and returns None)."""
+    import signal  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+    import threading  # noqa: PLC0415
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+
+
 def quiet_startup(tensorflow: bool, tf_log_level_from_user: bool = False) -> None:
     """Silences the chatter of TensorFlow, absl, JAX, orbax and asyncio, so stderr holds only
     our lines (and any real crash). `dsbs --verbose` or DSBS_VERBOSE=1 skip this.

@@ -335,9 +335,10 @@ def _train_count(data_dir: pathlib.Path) -> int:
     return sum(1 for _ in builder.as_dataset(split="train"))
 
 
-@pytest.mark.parametrize("delay", [0.0, 0.4])
-def test_prepare_killed_over_an_existing_dataset_leaves_one(tmp_path, delay):
-    """A kill while `dsbs prepare` writes (bench/prepare_kill.py does 10 at random moments)."""
+@pytest.mark.parametrize(("delay", "how"), [(0.0, "SIGKILL"), (0.4, "SIGKILL"), (0.4, "SIGTERM")])
+def test_prepare_killed_over_an_existing_dataset_leaves_one(tmp_path, delay, how):
+    """A kill while `dsbs prepare` writes (bench/prepare_kill.py does 10 at random moments).
+    A SIGTERM also lets it remove its aside folder; a SIGKILL leaves that to the next run."""
     data_dir = tmp_path / "data"
     old, new = tmp_path / "old.jsonl", tmp_path / "new.jsonl"
     _records(old, 40)
@@ -354,9 +355,12 @@ def test_prepare_killed_over_an_existing_dataset_leaves_one(tmp_path, delay):
         if line.startswith(b"writing"):
             break
     time.sleep(delay)
-    proc.send_signal(signal.SIGKILL)
+    proc.send_signal(getattr(signal, how))
     proc.wait()
     assert _train_count(data_dir) in (36, 2700)  # the old dataset or the new one
+    if how == "SIGTERM":
+        assert proc.returncode in (0, 143)
+        assert sorted(p.name for p in data_dir.iterdir()) == ["dsbs_svamp"]
 
 
 def _records_file(path: pathlib.Path, rows: list[dict]) -> pathlib.Path:

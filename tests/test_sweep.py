@@ -415,7 +415,7 @@ def test_a_worker_stopped_by_sigterm_runs_its_cleanup_at_exit(tmp_path):
     marker = tmp_path / "cleaned"
     code = (
         "import atexit, sys, time\n"
-        "from dsbs_jax.experiments.workers import exit_cleanly_on_sigterm\n"
+        "from dsbs_jax.errors import exit_cleanly_on_sigterm\n"
         "exit_cleanly_on_sigterm()\n"
         f"atexit.register(lambda: open({str(marker)!r}, 'w').close())\n"
         "print('ready', flush=True)\n"

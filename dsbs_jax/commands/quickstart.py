@@ -32,10 +32,8 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     from dsbs_jax.experiments.builtin_data import make_builtin_data
     from dsbs_jax.experiments.runner import run_sweep
-    from dsbs_jax.experiments.workers import exit_cleanly_on_sigterm
     from dsbs_jax.report.report import write_report
 
-    exit_cleanly_on_sigterm()  # a SIGTERM stops the workers and removes their files
     budget = BUDGETS[args.budget]
     out = os.path.abspath(args.out)
 

@@ -184,10 +184,8 @@ def config_from_args(args: argparse.Namespace, **defaults) -> SweepConfig:
 def run(args: argparse.Namespace) -> int:
     from dsbs_jax.data.paths import DATA_DIR_ENV
     from dsbs_jax.experiments.runner import run_sweep
-    from dsbs_jax.experiments.workers import exit_cleanly_on_sigterm
     from dsbs_jax.report.report import write_report
 
-    exit_cleanly_on_sigterm()  # a SIGTERM stops the workers and removes their files
     data_dir = args.data_dir or os.environ.get(DATA_DIR_ENV)
     if not data_dir:
         raise UserError(f"no data dir: pass --data_dir or set {DATA_DIR_ENV}")

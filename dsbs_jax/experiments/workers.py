@@ -27,11 +27,10 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 
-from dsbs_jax.errors import UserError
+from dsbs_jax.errors import UserError, exit_cleanly_on_sigterm
 from dsbs_jax.experiments.config import Plan, SweepConfig
 from dsbs_jax.experiments.sweep import Sweep, config_dict
 
@@ -239,14 +238,6 @@ def worker_main(config_path: str, index: int) -> int:
     print(f"@set up in {time.perf_counter() - t0:.1f} s", flush=True)
     sweep.run_plans(todo, len(plans), claim=lambda p: _claim(sweep.out, p))
     return 0
-
-
-def exit_cleanly_on_sigterm() -> None:
-    """A SIGTERM (the sweep stops its workers, or ended) exits as `sys.exit(143)` would, so that
-    `finally` blocks and cleanup at exit (TensorFlow's generated files) run. Only the main
-    thread may set a handler; elsewhere this does nothing."""
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
 
 
 def _main(argv: list[str]) -> int:
