@@ -50,6 +50,26 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class _HelpWithDefaults(argparse.HelpFormatter):
+    """`--help` says each option's default, unless it is unset (None, False) or the help
+    already names it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            "default" in text
+            or default is None
+            or default is argparse.SUPPRESS
+            or isinstance(default, bool)
+            or (isinstance(default, (str, list, tuple)) and not default)
+            or not action.option_strings
+        ):
+            return text
+        shown = ",".join(map(str, default)) if isinstance(default, (list, tuple)) else default
+        return f"{text} (default: {str(shown).replace('%', '%%')})"
+
+
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     """The top-level parser; only the chosen subcommand's arguments are loaded."""
     parser = argparse.ArgumentParser(
@@ -64,7 +84,9 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     chosen = next((a for a in argv if not a.startswith("-")), None)
     for name, (module, help_text) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(
+            name, help=help_text, description=help_text, formatter_class=_HelpWithDefaults
+        )
         if name == chosen:
             _load(module).add_arguments(p)
     return parser

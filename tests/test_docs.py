@@ -22,6 +22,7 @@ Blocks run in the order of DOC_FILES (training.md trains the model that pretrain
 
 from __future__ import annotations
 
+import argparse
 import ast
 import contextlib
 import dataclasses
@@ -446,3 +447,24 @@ def test_doc_block(block: Block, in_workspace):
             command, in_workspace, block.mark == "dry_run", block.where,
             as_written=block.mark == "run as written",
         )  # fmt: skip
+
+
+@pytest.mark.parametrize("command", sorted(cli.COMMANDS))
+def test_help_says_every_default(command):
+    """`dsbs CMD --help` gives each option's default where it has one (as the docs state them)."""
+    parser = cli.build_parser([command])
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    cmd_parser = sub.choices[command]
+    formatter = cmd_parser._get_formatter()
+    for action in cmd_parser._actions:
+        default = action.default
+        if (
+            not action.option_strings
+            or default is None
+            or default is argparse.SUPPRESS
+            or isinstance(default, bool)
+            or (isinstance(default, (str, list, tuple)) and not default)
+        ):
+            continue
+        shown = formatter._get_help_string(action) or ""
+        assert "default" in shown, f"dsbs {command} --help: {action.option_strings[-1]}: {shown!r}"

@@ -9,7 +9,8 @@ import argparse
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("tasks", nargs="+", help="prepared datasets (esnli, cqa, svamp, ...)")
     parser.add_argument(
-        "--data_dir", help="where `dsbs prepare` wrote them (default: $DSBS_DATA_DIR)"
+        "--data_dir",
+        help="where `dsbs prepare` wrote them (default: $DSBS_DATA_DIR, else $TFDS_DATA_DIR)",
     )
     parser.add_argument(
         "--out", required=True, help="folder for inputs.jsonl, rationales.jsonl and spm.model"

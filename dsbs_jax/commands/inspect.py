@@ -21,7 +21,9 @@ SAMPLE = 2000
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", help="a registered task or mixture (see `dsbs tasks`)")
     parser.add_argument("--split", default="train", help="split or TFDS slice (default train)")
-    parser.add_argument("--data_dir", help="prepared data (default: $DSBS_DATA_DIR)")
+    parser.add_argument(
+        "--data_dir", help="prepared data (default: $DSBS_DATA_DIR, else $TFDS_DATA_DIR)"
+    )
     parser.add_argument("--examples", type=int, default=3, help="examples shown per task")
     parser.add_argument(
         "--sequence_length",

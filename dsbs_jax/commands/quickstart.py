@@ -19,7 +19,9 @@ from dsbs_jax.experiments.quickstart import BUDGETS
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="out/quickstart", help="output folder")
-    parser.add_argument("--budget", choices=tuple(BUDGETS), default="default")
+    parser.add_argument(
+        "--budget", choices=tuple(BUDGETS), default="default", help="run sizes (docs/quickstart.md)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="data, teacher and first run seed")
     parser.add_argument(
         "--difficulty", choices=("easy", "default", "hard"), help="the built-in task's preset"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 from typing import TYPE_CHECKING
 
 from dsbs_jax.errors import UserError
@@ -130,14 +129,15 @@ def add_sweep_arguments(parser: argparse.ArgumentParser, defaults: dict | None =
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("task", help="a registered task card (arith, svamp, cqa, ...)")
     parser.add_argument(
-        "--data_dir", help="where `dsbs prepare` wrote the data (default: $DSBS_DATA_DIR)"
+        "--data_dir",
+        help="where `dsbs prepare` wrote the data (default: $DSBS_DATA_DIR, else $TFDS_DATA_DIR)",
     )
     parser.add_argument("--out", required=True, help="the sweep's folder (resumes if it exists)")
     add_sweep_arguments(parser)
     parser.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
-    parser.add_argument("--alpha", type=float, default=0.5, help="dsbs label weight (0.5)")
+    parser.add_argument("--alpha", type=float, default=0.5, help="dsbs label weight")
     parser.add_argument("--warmup_steps", type=int, help="default: 5%% of the steps")
-    parser.add_argument("--weight_decay", type=float, default=0.0)
+    parser.add_argument("--weight_decay", type=float, default=0.0, help="AdamW weight decay")
     parser.add_argument(
         "--lengths", type=_lengths, help="inputs=N,labels=N,rationales=N (default: from the data)"
     )
@@ -182,13 +182,13 @@ def config_from_args(args: argparse.Namespace, **defaults) -> SweepConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dsbs_jax.data.paths import DATA_DIR_ENV
+    from dsbs_jax.data.paths import DATA_DIR_ENV, env_data_dir
     from dsbs_jax.experiments.runner import run_sweep
     from dsbs_jax.report.report import write_report
 
-    data_dir = args.data_dir or os.environ.get(DATA_DIR_ENV)
+    data_dir = args.data_dir or env_data_dir()
     if not data_dir:
-        raise UserError(f"no data dir: pass --data_dir or set {DATA_DIR_ENV}")
+        raise UserError(f"no data dir: pass --data_dir or set {DATA_DIR_ENV} (or TFDS_DATA_DIR)")
     config = config_from_args(args, task=args.task, data_dir=data_dir, out=args.out)
     run_sweep(config, log=lambda s: print(s, flush=True))
     paths = write_report(args.out)

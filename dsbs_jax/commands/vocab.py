@@ -8,7 +8,8 @@ import argparse
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("task", help="a prepared dataset (cqa, svamp, esnli, anli, ...)")
     parser.add_argument(
-        "--data_dir", help="where `dsbs prepare` wrote it (default: $DSBS_DATA_DIR)"
+        "--data_dir",
+        help="where `dsbs prepare` wrote it (default: $DSBS_DATA_DIR, else $TFDS_DATA_DIR)",
     )
     parser.add_argument("--vocab_size", type=int, default=8000, help="pieces (default 8000)")
     parser.add_argument(

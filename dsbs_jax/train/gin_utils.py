@@ -216,6 +216,8 @@ def add_gin_arguments(parser) -> None:
         "--gin_search_paths", default="", help="comma-separated folders to look for gin files in"
     )
     parser.add_argument(
-        "--tfds_data_dir", default=None, help="prepared data (default $DSBS_DATA_DIR)"
+        "--tfds_data_dir",
+        default=None,
+        help="prepared data (default: $DSBS_DATA_DIR, else $TFDS_DATA_DIR)",
     )
     parser.epilog = "gin bindings: --gin.NAME=value (as in T5X), e.g. --gin.TRAIN_STEPS=1000"
