@@ -115,7 +115,7 @@ def test_prepare_train_eval_predict(svamp_data, tmp_path, capsys):
     )
     assert rc == 0
     preds = [json.loads(x) for x in out.read_text().splitlines()]
-    assert [p["id"] for p in preds] == [0, "b"]
+    assert [p["id"] for p in preds] == ["1", "b"]  # ids are text: the line number if none
     assert all(isinstance(p["prediction"], str) and isinstance(p["rationale"], str) for p in preds)
 
     # export: sizes from MODEL_DIR/config.gin, and the run's own vocabulary (svamp's) by default

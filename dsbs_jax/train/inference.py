@@ -68,6 +68,8 @@ def evaluate_checkpoint(
 
 
 def _read_inputs(path: str, card: cards_lib.TaskCard) -> list[dict[str, Any]]:
+    """Each line's id (text: `id`, else the card's id field, else the line number) and input:
+    `input` as given, or the card's fields rendered by its input template."""
     rows = []
     for lineno, obj in iter_jsonl(path):
         if not isinstance(obj, dict):
@@ -87,7 +89,8 @@ def _read_inputs(path: str, card: cards_lib.TaskCard) -> list[dict[str, Any]]:
                 raise located(
                     path, lineno, "missing (give `input` or the card's fields)", field=e.args[0]
                 ) from None
-        rows.append({"id": obj.get("id", obj.get(card.id_field or "id", len(rows))), "input": text})
+        rid = obj.get("id", obj.get(card.id_field or "id"))
+        rows.append({"id": str(lineno) if rid is None else str(rid), "input": text})
     return rows
 
 
