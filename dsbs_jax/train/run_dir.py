@@ -56,18 +56,27 @@ def check_feature_lengths(lengths: Any, name: str = "TASK_FEATURE_LENGTHS") -> N
 
 
 def check_model_dir(model_dir: Any) -> str:
-    """MODEL_DIR must be a directory this process can write (created if missing)."""
+    """MODEL_DIR must be a directory this process can write, or one it can create: checked
+    without creating anything (the run creates it once every setting is checked)."""
     if not isinstance(model_dir, (str, os.PathLike)) or not os.fspath(model_dir):
         raise UserError(f"MODEL_DIR must be a path, got {model_dir!r}")
     model_dir = os.fspath(model_dir)
+    if "://" in model_dir:  # gs:// and the like: the storage layer says what is wrong
+        return model_dir
     if os.path.exists(model_dir) and not os.path.isdir(model_dir):
         raise UserError(f"MODEL_DIR {model_dir}: is a file, expected a directory")
-    try:
-        os.makedirs(model_dir, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"MODEL_DIR {model_dir}: cannot create it ({e.strerror})") from None
-    if not os.access(model_dir, os.W_OK | os.X_OK):
-        raise UserError(f"MODEL_DIR {model_dir}: not writable")
+    existing = os.path.abspath(model_dir)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise UserError(f"MODEL_DIR {model_dir}: cannot create it ({existing} is a file)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        what = (
+            "not writable"
+            if existing == os.path.abspath(model_dir)
+            else (f"cannot create it ({existing} is not writable)")
+        )
+        raise UserError(f"MODEL_DIR {model_dir}: {what}")
     return model_dir
 
 
