@@ -19,7 +19,10 @@ Options:
   --gpus_per_node G      GPUs per node (default 8)
   --per node|gpu         one process per node seeing all its GPUs (default), or one per GPU
   --mesh GIN             mesh gin file (default meshes/gpu_8.gin, or meshes/gpu_1.gin when G=1)
-  --trainer dsbs|t5x     the native trainer (default) or T5X's t5x/train.py
+  --trainer dsbs|t5x     the native trainer (default) or T5X's t5x/train.py: install it into
+                         --venv first with launch/install_t5x.sh (its checkout at $T5X_SRC,
+                         default ../t5x, next to the repository); tasks run it from the
+                         repository with --gin_search_paths=dsbs_jax/gin_configs,$T5X_SRC
   --partition P          SLURM partition
   --account A            SLURM account
   --time T               time limit (default 24:00:00)

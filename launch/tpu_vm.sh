@@ -20,8 +20,13 @@ Options:
   --project PROJECT      gcloud project (default: gcloud's)
   --version VERSION      TPU runtime (default by generation: tpu-ubuntu2204-base,
                          v2-alpha-tpuv5-lite for v5e, v2-alpha-tpuv5 for v5p)
-  --mesh GIN             mesh gin file (default from the accelerator, e.g. meshes/tpu_v5e_16.gin)
-  --trainer dsbs|t5x     the native trainer (default) or T5X's t5x/train.py
+  --mesh GIN             mesh gin file (default from the accelerator, e.g. meshes/tpu_v5e_16.gin);
+                         not added when a TRAINER_ARGS gin file includes it already (as
+                         meshes/tpu_v5p_128_xxl.gin includes meshes/tpu_v5p_128.gin)
+  --trainer dsbs|t5x     the native trainer (default) or T5X's t5x/train.py: installed on every
+                         worker by launch/install_t5x.sh, its checkout at $T5X_SRC (default
+                         ../t5x, next to the repository), and run from the repository with
+                         --gin_search_paths=dsbs_jax/gin_configs,$T5X_SRC
   --queued               create through a queued resource (waits until it is ACTIVE)
   --spot                 spot capacity
   --python PY            Python >= 3.11 on the workers (default python3)
@@ -98,8 +103,8 @@ WHERE=(--zone "$ZONE")
 [[ -n $PROJECT ]] && WHERE+=(--project "$PROJECT")
 REMOTE_DIR=dsbs-jax
 VENV=dsbs-venv
-# The trainer command, checked before anything is created.
-trainer_command "$TRAINER" "$MESH" dsbs_jax/gin_configs -- "$@"
+# The trainer command, checked before anything is created; it runs in $REMOTE_DIR.
+trainer_command "$TRAINER" "$MESH" "$REPO/dsbs_jax/gin_configs" -- "$@"
 
 # ---------------------------------------------------------------- create
 teardown() {
@@ -155,7 +160,9 @@ if [[ $SKIP_INSTALL == 0 ]]; then
   install+=" && $VENV/bin/pip install -q -U pip && $VENV/bin/pip install -q $pin \"jax[tpu]\""
   install+=" && $VENV/bin/pip install -q $pin ./$REMOTE_DIR"
   if [[ $TRAINER == t5x ]]; then
-    install+=" && $VENV/bin/pip install -q git+https://github.com/google/airio git+https://github.com/google-research/jestimator git+https://github.com/google-research/t5x tensorboard"
+    # T5X the one way (launch/install_t5x.sh), from $REMOTE_DIR as the trainer runs: its checkout
+    # at T5X_SRC, which the trainer command searches for T5X's gin files.
+    install+=" && cd $REMOTE_DIR && launch/install_t5x.sh --src $(quote "$T5X_SRC") --pip ../$VENV/bin/pip"
   fi
   run "${SSH[@]}" --command "$install"
 fi

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import pathlib
+import posixpath
+import re
 import shlex
 import subprocess
 
@@ -22,12 +25,14 @@ TRAINER_ARGS = [
 ]
 
 
-def _launch(script: str, *args: str) -> subprocess.CompletedProcess:
+def _launch(script: str, *args: str, cwd=None) -> subprocess.CompletedProcess:
     return subprocess.run(
         ["bash", str(REPO / "launch" / script), *args],
         capture_output=True,
         text=True,
         timeout=30,
+        cwd=cwd,
+        env={k: v for k, v in os.environ.items() if k != "T5X_SRC"},  # its default, ../t5x
     )
 
 
@@ -110,18 +115,137 @@ def test_tpu_queued_resource_and_t5x_trainer():
     assert any(c[3:5] == ["queued-resources", "delete"] and "--force" in c for c in cmds)
     assert any(c[3:5] == ["queued-resources", "describe"] for c in cmds)
     ssh = [c for c in cmds if c[3:5] == ["tpu-vm", "ssh"]]
-    assert any("t5x" in w for w in ssh[0][ssh[0].index("--command") + 1].split())
+    assert any("install_t5x.sh" in w for w in ssh[0][ssh[0].index("--command") + 1].split())
     train = _remote(ssh[1])[-1]
     assert train[:4] == [
         "python3",
         "-m",
         "t5x.train",
-        "--gin_search_paths=dsbs_jax/gin_configs",
+        "--gin_search_paths=dsbs_jax/gin_configs,../t5x",
     ]
     assert train.index("--gin_file=meshes/tpu_v5p_128.gin") < train.index(
         "--gin_file=meshes/fsdp.gin"
     )
     assert "--gin.partitioning.PjitPartitioner.num_partitions=%NUM_PARTITIONS" in train
+
+
+def _with_cwd(commands: list[list[str]], start: str) -> list[tuple[str, list[str]]]:
+    """(folder it runs in, argv) for each command of a remote script, following its `cd`s."""
+    out, cwd = [], start
+    for argv in commands:
+        if argv[0] == "cd":
+            cwd = posixpath.normpath(posixpath.join(cwd, argv[1]))
+        out.append((cwd, argv))
+    return out
+
+
+def _gin_files_read(gin_files: list[str]) -> list[str]:
+    """Every file of ours that gin reads for these --gin_file arguments, includes followed."""
+    from dsbs_jax.train import gin_utils
+
+    out = []
+    for name in gin_files:
+        out.append(name)
+        path = gin_utils.PACKAGE_GIN_DIR / name
+        if path.is_file():
+            out += _gin_files_read(re.findall(r"^include '([^']+)'", path.read_text(), re.M))
+    return out
+
+
+def test_tpu_t5x_route_installs_no_deps_pinned_and_searches_where_it_cloned(tmp_path):
+    """The one T5X route: the launcher runs launch/install_t5x.sh on every worker (git
+    checkouts, --no-deps, the rest under constraints.txt), and T5X's train searches our gin
+    folder and the folder that script cloned T5X into."""
+    r = _launch(
+        "tpu_vm.sh",
+        *("--name", "t5x", "--zone", "us-east5-a", "--accelerator", "v5p-128", "--trainer"),
+        *("t5x", "--dry_run", "--", "--gin_file=t5x/dsbs_t5_1_1_base.gin"),
+    )
+    assert r.returncode == 0, r.stderr
+    ssh = [c for c in _commands(r.stdout) if c[3:5] == ["tpu-vm", "ssh"]]
+    home = "/home/worker"  # where gcloud's ssh starts; the names below are relative to it
+    install = _with_cwd(_remote(ssh[0]), home)
+    script = [(cwd, c) for cwd, c in install if c[0].endswith("install_t5x.sh")]
+    assert len(script) == 1, install
+    cwd, argv = script[0]
+    assert cwd == f"{home}/dsbs-jax" and argv[0] == "launch/install_t5x.sh"
+    assert not any("t5x" in w for _, c in install if c[1:2] == ["install"] for w in c)
+    src = argv[argv.index("--src") + 1]
+    venv_pip = posixpath.normpath(posixpath.join(cwd, argv[argv.index("--pip") + 1]))
+    assert venv_pip == f"{home}/dsbs-venv/bin/pip"  # the venv the trainer runs in
+
+    # What that script does there, from its own --dry_run.
+    (tmp_path / "dsbs-jax").mkdir()
+    done = _launch("install_t5x.sh", *argv[1:], "--dry_run", cwd=tmp_path / "dsbs-jax")
+    assert done.returncode == 0, done.stderr
+    steps = _commands(done.stdout)
+    clones = {c[2]: c[3] for c in steps if c[:2] == ["git", "clone"]}
+    assert clones["https://github.com/google-research/t5x"] == src
+    pips = [c for c in steps if c[1:2] == ["install"]]
+    assert len(pips) == 2 and all(c[0] == argv[argv.index("--pip") + 1] for c in pips)
+    for pip in pips:
+        assert pip[pip.index("-c") + 1] == str(REPO / "constraints.txt")
+    assert "--no-deps" in pips[0] and pips[0][pips[0].index("-e") + 1] == src
+    assert set(clones.values()) == {pips[0][i + 1] for i, w in enumerate(pips[0]) if w == "-e"}
+    assert not any(w.startswith("git+") for c in steps for w in c)
+
+    train_cwd, train = _with_cwd(_remote(ssh[1]), home)[-1]
+    assert train[:3] == ["python3", "-m", "t5x.train"]
+    paths = next(w for w in train if w.startswith("--gin_search_paths=")).split("=", 1)[1]
+    found = [posixpath.normpath(posixpath.join(train_cwd, p)) for p in paths.split(",")]
+    assert found == [
+        f"{home}/dsbs-jax/dsbs_jax/gin_configs",  # ours (t5x/*.gin) first
+        posixpath.normpath(posixpath.join(cwd, src)),  # T5X's own, where it was cloned
+    ]
+
+
+def test_docs_and_gin_headers_tell_the_launchers_t5x_route(tmp_path):
+    """docs/pretrained.md and the gin_configs/t5x/ headers: the launchers' search paths, and T5X
+    installed by launch/install_t5x.sh, whose commands the doc shows as they are."""
+    r = _launch("gpu_slurm.sh", "--nodes", "1", "--trainer", "t5x", "--dry_run", "--", "a")
+    assert r.returncode == 0, r.stderr
+    ours = re.search(r"--gin_search_paths=\S+", r.stdout).group(0)
+    texts = {"docs/pretrained.md": (REPO / "docs" / "pretrained.md").read_text()}
+    for path in sorted((REPO / "dsbs_jax" / "gin_configs" / "t5x").glob("*.gin")):
+        texts[str(path.relative_to(REPO))] = path.read_text()
+    assert len(texts) == 7  # the doc and the six gin files
+    for name, text in texts.items():
+        found = re.findall(r"--gin_search_paths=[^\s\\]+", text)
+        assert bool(found) == ("-m t5x.train" in text), name  # every T5X command names them
+        assert all(f == ours for f in found), f"{name}: {found}, the launchers: {ours}"
+    docs = texts["docs/pretrained.md"]
+    assert "launch/install_t5x.sh" in docs and "git clone" not in docs
+    (tmp_path / "repo").mkdir()
+    done = _launch("install_t5x.sh", "--dry_run", cwd=tmp_path / "repo")
+    assert done.returncode == 0, done.stderr
+    pips = [
+        line[2:].replace(str(REPO / "constraints.txt"), "constraints.txt")
+        for line in done.stdout.splitlines()
+        if line.startswith("+ pip ")
+    ]
+    shown = [line for line in docs.splitlines() if line.startswith("pip install")]
+    assert pips == shown and len(pips) == 2
+
+
+@pytest.mark.parametrize("trainer", ["dsbs", "t5x"])
+def test_v5p_128_mesh_gin_is_read_once(trainer):
+    """meshes/tpu_v5p_128_xxl.gin includes the v5p-128 mesh: the launcher does not add it again;
+    with a gin file that does not, it adds it once, first."""
+    where = ("--name", "p", "--zone", "us-east5-a", "--accelerator", "v5p-128")
+    mesh = "meshes/tpu_v5p_128.gin"
+    for given, expect_added in (
+        (["meshes/tpu_v5p_128_xxl.gin", "runs/dsbs.gin"], False),
+        (["models/t5_1_1_xxl.gin", "runs/dsbs.gin", "meshes/fsdp.gin"], True),
+    ):
+        args = [f"--gin_file={g}" for g in given]
+        r = _launch("tpu_vm.sh", *where, "--trainer", trainer, "--dry_run", "--", *args)
+        assert r.returncode == 0, r.stderr
+        ssh = [c for c in _commands(r.stdout) if c[3:5] == ["tpu-vm", "ssh"]]
+        train = _remote(ssh[1])[-1]
+        gin_files = [w.split("=", 1)[1] for w in train if w.startswith("--gin_file=")]
+        assert gin_files == ([mesh] if expect_added else []) + given
+        assert _gin_files_read(gin_files).count(mesh) == 1
+        assert (f"includes {mesh}" in r.stderr) != expect_added
 
 
 def test_slurm_dry_run_one_process_per_gpu():
@@ -165,7 +289,13 @@ def test_slurm_t5x_gets_its_multiprocess_flags():
     assert r.returncode == 0, r.stderr
     srun = next(line for line in r.stdout.splitlines() if line.startswith("srun "))
     train = shlex.split(shlex.split(srun)[-1].split("; exec ", 1)[1])
-    assert train[:3] == ["python3", "-m", "t5x.train"]
+    assert train[:4] == [
+        "python3",
+        "-m",
+        "t5x.train",
+        "--gin_search_paths=dsbs_jax/gin_configs,../t5x",  # from the repository, as on TPUs
+    ]
+    assert f"cd {REPO}" in r.stdout.splitlines()
     assert "--multiprocess_gpu" in train
     assert "--coordinator_address=$DSBS_COORDINATOR" in train
     assert "#SBATCH --ntasks-per-node=1" in r.stdout
