@@ -261,11 +261,11 @@ def _full_disk_cases() -> list[Case]:
         return ["train", *TOY, f"--gin.MODEL_DIR={d / 'full' / 'run'}",
                 "--gin.TRAIN_STEPS=20", "--gin.train.checkpoint_period=5"]  # fmt: skip
 
-    no_tmp = lambda d: (
-        not [  # noqa: E731
-            p for p in (d / "full").rglob("*") if ".tmp-" in p.name and p.stat().st_size == 0
+    def no_tmp(d: pathlib.Path) -> bool:  # no empty temporary file left (vocab's spm.model)
+        return not [
+            p for p in (d / "full").rglob("*") if ".tmp-" in p.name and not p.stat().st_size
         ]
-    )
+
     return [
         Case("prepare: full disk", prepare, needle="no space left", needs_root=True, free_kb=16,
              check=lambda d: not (d / "full" / "d" / "dsbs_svamp").exists()),

@@ -373,11 +373,9 @@ def write_source(
     paths = {}
     for split, n in sizes.items():
         path = out / f"arith_{split}.json"
-        tmp = atomic.temporary_name(path)
-        with open(tmp, "w", encoding="utf-8") as f:
+        with atomic.open_atomic(path) as f:
             for fields in generate(n, seed, split, difficulty):
                 f.write(json.dumps(fields) + "\n")
-        os.replace(tmp, path)
         paths[split] = path
     return paths
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import jax
 
-from dsbs_jax import metrics
+from dsbs_jax import atomic, metrics
 from dsbs_jax.data import tasks as tasks_lib
 from dsbs_jax.data import vocab as vocab_lib
 from dsbs_jax.data.cards import load_card
@@ -165,10 +165,8 @@ class Sweep:
             "model_gin": self.model_gin,
             "model_config": dataclasses.asdict(self.model_config()),
         }
-        tmp = f"{path}.{os.getpid()}.tmp"  # workers write it too
-        with open(tmp, "w", encoding="utf-8") as f:
+        with atomic.open_atomic(path) as f:  # workers write it too (a name of their own each)
             json.dump(info, f, indent=1, sort_keys=True)
-        os.replace(tmp, path)
 
     def model_config(self) -> T5Config:
         """The student's hyperparameters, as its model gin sets them."""

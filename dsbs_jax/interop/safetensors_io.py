@@ -73,10 +73,8 @@ def write(
         offset += a.nbytes
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)  # align the data to 8 bytes
-    tmp = atomic.temporary_name(path)
-    with open(tmp, "wb") as f:
+    with atomic.open_atomic(path, "wb") as f:
         f.write(struct.pack("<Q", len(blob)))
         f.write(blob)
         for a in arrays:
             f.write(a.tobytes())
-    os.replace(tmp, path)

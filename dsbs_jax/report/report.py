@@ -11,6 +11,7 @@ import os
 import statistics
 from typing import Any
 
+from dsbs_jax import atomic
 from dsbs_jax.errors import UserError
 from dsbs_jax.report import plots, tables
 from dsbs_jax.report.results import SWEEP_FILE, RunResult, read_results
@@ -80,7 +81,7 @@ def write_report(out_dir: str) -> dict[str, str]:
     table = tables_markdown(results, split)
     separation = tables.separation_markdown(results)
     paths = {"table": os.path.join(out_dir, TABLE_FILE)}
-    with open(paths["table"], "w", encoding="utf-8") as f:
+    with atomic.open_atomic(paths["table"]) as f:
         f.write(table)
     png = plots.plot_accuracy(
         results,
@@ -151,6 +152,6 @@ def write_report(out_dir: str) -> dict[str, str]:
         "",
     ]
     paths["report"] = os.path.join(out_dir, REPORT_FILE)
-    with open(paths["report"], "w", encoding="utf-8") as f:
+    with atomic.open_atomic(paths["report"]) as f:
         f.write("\n".join(report))
     return paths

@@ -22,6 +22,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from dsbs_jax import atomic
 from dsbs_jax.data.cards import TaskCard
 from dsbs_jax.data.sources import attach_teacher
 from dsbs_jax.metrics import score_teacher
@@ -257,6 +258,6 @@ def _score(
 
 def write_stats(path: os.PathLike | str, stats: Stats, extra: dict[str, Any]) -> None:
     """Writes the run's statistics (and its settings) as JSON beside the records."""
-    with open(path, "w", encoding="utf-8") as f:
+    with atomic.open_atomic(path) as f:
         json.dump(extra | stats.to_json(), f, indent=2, sort_keys=True)
         f.write("\n")
