@@ -82,6 +82,7 @@ def initial_losses(cfg, params, model, examples: list, alpha: float = 0.5) -> tu
 
     Ours: the examples packed into one batch (no truncation), exact weighting, as the JAX step.
     HF's: alpha * L_label + (1 - alpha) * L_rationale on the padded batches, as its step."""
+    import jax
     import torch
 
     from dsbs_jax import weighting
@@ -94,13 +95,17 @@ def initial_losses(cfg, params, model, examples: list, alpha: float = 0.5) -> tu
     n = len(examples)
     batch = next(pack_examples(segs, 2 * n, enc_len, dec_len, (alpha, 1 - alpha), window=n))
     assert batch["num_examples"] == n
-    logits = Transformer(cfg).apply(
-        {"params": params}, **{k: batch[k] for k in tt.MODEL_KEYS}, enable_dropout=False
-    )
-    tok = losses.token_losses(logits, batch["decoder_target_tokens"])
-    ours, _ = weighting.weighted_loss(
-        tok, batch["decoder_loss_weights"], batch["decoder_task_ids"], 2, "exact"
-    )
+
+    def loss(params, batch):  # jitted: one compile instead of one per operation
+        logits = Transformer(cfg).apply(
+            {"params": params}, **{k: batch[k] for k in tt.MODEL_KEYS}, enable_dropout=False
+        )
+        tok = losses.token_losses(logits, batch["decoder_target_tokens"])
+        return weighting.weighted_loss(
+            tok, batch["decoder_loss_weights"], batch["decoder_task_ids"], 2, "exact"
+        )[0]
+
+    ours = jax.jit(loss)(params, {k: batch[k] for k in tt.STEP_KEYS})
     was_training = model.training
     model.eval()
     with torch.no_grad():
