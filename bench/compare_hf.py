@@ -8,7 +8,8 @@ same T5 v1.1 config on the same token sequences with the native train step: both
 example packed into fixed-shape rows (exact alpha weighting), one jitted forward/backward.
 
 Same data (cqa train with the released PaLM rationales), same sentencepiece vocabulary, same
-dropout (0.1), same optimizer (AdamW, lr 5e-5). Both sides are warmed up, then timed over a fixed
+initial weights (the HF model is built from the JAX side's; both initial losses are printed and
+must match before anything is timed), same dropout (0.1), same optimizer (AdamW, lr 5e-5). Both sides are warmed up, then timed over a fixed
 number of steps; the rounds alternate (HF, JAX, HF, JAX, ...) so that load from other processes
 falls on both, and the ratio is taken per round. One example = one input with its label and
 rationale.
