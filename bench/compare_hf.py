@@ -8,7 +8,8 @@ same T5 v1.1 config on the same token sequences with the native train step: both
 example packed into fixed-shape rows (exact alpha weighting), one jitted forward/backward.
 
 Same data (cqa train with the released PaLM rationales), same sentencepiece vocabulary, same
-dropout (0.1), same optimizer (AdamW, lr 5e-5). Both sides are warmed up, then timed over a fixed
+initial weights (the HF model is built from the JAX side's; both initial losses are printed and
+must match before anything is timed), same dropout (0.1), same optimizer (AdamW, lr 5e-5). Both sides are warmed up, then timed over a fixed
 number of steps; the rounds alternate (HF, JAX, HF, JAX, ...) so that load from other processes
 falls on both, and the ratio is taken per round. One example = one input with its label and
 rationale.
@@ -28,29 +29,37 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import host_malloc  # noqa: E402  (before numpy: see host_malloc.py)
 import numpy as np  # noqa: E402
 import train_throughput as tt  # noqa: E402
+from packer import pack_examples  # noqa: E402
+
+# Relative tolerance of the initial-loss check (float32 on both sides).
+LOSS_TOL = 1e-4
 
 
-def hf_config(cfg, dropout: float = 0.1):
-    """The transformers T5Config of one of our T5 v1.1 configs."""
+def hf_model(cfg, params):
+    """transformers' T5ForConditionalGeneration computing what `Transformer(cfg)` computes with
+    `params`: our config and weights through our exporter (dsbs_jax.interop.hf), lm_head untied.
+
+    A T5 that transformers initialises itself is not the same function at init: transformers 5
+    always ties lm_head to the shared embedding (N(0, 1) entries), and `tie_word_embeddings=False`
+    only turns off the d_model**-0.5 scale of the decoder output, so its initial logits have a
+    standard deviation of ~sqrt(d_model) (a loss of ~63 at tiny, not ~log(vocab) = 9.0). Ours,
+    as T5X, has its own `logits_dense` initialised with variance 1/d_model."""
+    import torch
     import transformers
 
-    return transformers.T5Config(
-        vocab_size=cfg.vocab_size,
-        d_model=cfg.emb_dim,
-        d_kv=cfg.head_dim,
-        d_ff=cfg.mlp_dim,
-        num_layers=cfg.num_encoder_layers,
-        num_decoder_layers=cfg.num_decoder_layers,
-        num_heads=cfg.num_heads,
-        relative_attention_num_buckets=cfg.relative_attention_num_buckets,
-        relative_attention_max_distance=cfg.relative_attention_max_distance,
-        dropout_rate=dropout,
-        feed_forward_proj="gated-gelu",
-        tie_word_embeddings=False,
-        pad_token_id=0,
-        eos_token_id=1,
-        decoder_start_token_id=0,
-    )
+    from dsbs_jax.interop import hf
+
+    conf = hf.hf_config_dict(cfg)
+    conf.pop("torch_dtype")
+    model = transformers.T5ForConditionalGeneration(transformers.T5Config(**conf))
+    state = hf.hf_state_from_params(params, cfg)
+    # transformers 5 ties a fresh T5's head to the embedding; T5 v1.1 has its own.
+    model.lm_head.weight = torch.nn.Parameter(torch.empty(cfg.vocab_size, cfg.emb_dim))
+    for stack in ("encoder", "decoder"):  # the stacks' embeddings are `shared`
+        state[f"{stack}.embed_tokens.weight"] = state["shared.weight"]
+    model.load_state_dict({k: torch.tensor(v) for k, v in state.items()}, strict=True)
+    assert model.lm_head.weight.data_ptr() != model.shared.weight.data_ptr()
+    return model
 
 
 def _pad(seqs: list[np.ndarray], value: int):
@@ -69,15 +78,54 @@ def collate(examples: list[dict], inputs: str, targets: str) -> dict:
             "labels": _pad([e[targets] for e in examples], -100)}  # fmt: skip
 
 
+def initial_losses(cfg, params, model, examples: list, alpha: float = 0.5) -> tuple[float, float]:
+    """(ours, HF's) training loss on `examples` before any step, dropout off.
+
+    Ours: the examples packed into one batch (no truncation), exact weighting, as the JAX step.
+    HF's: alpha * L_label + (1 - alpha) * L_rationale on the padded batches, as its step."""
+    import jax
+    import torch
+
+    from dsbs_jax import weighting
+    from dsbs_jax.model.t5 import Transformer
+    from dsbs_jax.train import losses
+
+    segs = [tt.segments(e) for e in examples]
+    enc_len = max(len(i) for s in segs for i, _, _ in s)
+    dec_len = max(len(t) for s in segs for _, t, _ in s)
+    n = len(examples)
+    batch = next(pack_examples(segs, 2 * n, enc_len, dec_len, (alpha, 1 - alpha), window=n))
+    assert batch["num_examples"] == n
+
+    def loss(params, batch):  # jitted: one compile instead of one per operation
+        logits = Transformer(cfg).apply(
+            {"params": params}, **{k: batch[k] for k in tt.MODEL_KEYS}, enable_dropout=False
+        )
+        tok = losses.token_losses(logits, batch["decoder_target_tokens"])
+        return weighting.weighted_loss(
+            tok, batch["decoder_loss_weights"], batch["decoder_task_ids"], 2, "exact"
+        )[0]
+
+    ours = jax.jit(loss)(params, {k: batch[k] for k in tt.STEP_KEYS})
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        theirs = (
+            alpha * model(**collate(examples, "pred_in", "label")).loss
+            + (1 - alpha) * model(**collate(examples, "expl_in", "rationale")).loss
+        )
+    model.train(was_training)
+    return float(ours), float(theirs)
+
+
 class HFRunner:
     """The paper's training step on PyTorch CPU."""
 
-    def __init__(self, cfg, examples: list, batch: int, alpha: float = 0.5, seed: int = 0):
+    def __init__(self, model, examples: list, batch: int, alpha: float = 0.5, seed: int = 0):
         import torch
-        import transformers
 
         torch.manual_seed(seed)
-        self.model = transformers.T5ForConditionalGeneration(hf_config(cfg))
+        self.model = model
         self.model.train()
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=5e-5, weight_decay=0.0)
         self.data = tt.endless(examples, seed)
@@ -189,8 +237,21 @@ def main(argv: list[str] | None = None) -> int:
           f"{f' on {len(os.sched_getaffinity(0))} cores' if cores else ''}; malloc "
           f"{host_malloc.MODE}; load {os.getloadavg()[0]:.1f}",
           flush=True)  # fmt: skip
-    hf = HFRunner(cfg, examples, args.batch)
+    # Both sides start from the same function: the HF model is built from our initial params.
     jx = JaxRunner(cfg, examples, args.rows, enc_len, dec_len)
+    model = hf_model(cfg, jx.state[0])
+    first = tt.endless(examples)  # the HF side's first batch
+    ours, theirs = initial_losses(cfg, jx.state[0], model, [next(first) for _ in range(args.batch)])
+    diff = abs(ours - theirs)
+    match = diff <= LOSS_TOL * max(1.0, abs(ours))
+    print(f"initial loss (same {args.batch} examples, dropout off, uniform over the vocab "
+          f"{np.log(vocab_size):.3f}): ours {ours:.4f}, HF {theirs:.4f}", flush=True)  # fmt: skip
+    if not match:
+        print(f"initial losses differ: ours {ours:.4f}, HF {theirs:.4f} (|diff| {diff:.2e}): the "
+              "two sides do not compute the same function, so no ratio is measured")  # fmt: skip
+        return 1
+    print(f"initial losses match: ours {ours:.4f}, HF {theirs:.4f} (|diff| {diff:.1e})")
+    hf = HFRunner(model, examples, args.batch)
     ratios = []
     for r in range(args.rounds):
         warm = args.warmup if r == 0 else 1

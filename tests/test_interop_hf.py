@@ -332,3 +332,35 @@ def test_dsbs_export_bad_input(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     rc = cli.main(["export", "--checkpoint", str(tmp_path / "empty"), "--out", str(tmp_path)])
     assert rc == 2 and "not a dsbs-jax, T5X or Hugging Face" in capsys.readouterr().err
+
+
+def test_compare_hf_sides_start_from_the_same_function(monkeypatch):
+    """bench/compare_hf.py's HF model, built from our initial params, has our initial loss; the
+    T5 transformers initialises itself does not (its lm_head is the N(0, 1) embedding, unscaled).
+    """
+    import importlib
+    import pathlib
+    import sys
+
+    monkeypatch.setenv("DSBS_BENCH_MALLOC", "default")  # leave this process's malloc alone
+    monkeypatch.syspath_prepend(str(pathlib.Path(__file__).resolve().parents[1] / "bench"))
+    compare_hf = importlib.import_module("compare_hf")
+    tt = sys.modules["train_throughput"]
+    config = T5Config(
+        vocab_size=VOCAB, emb_dim=32, num_heads=4, head_dim=8, num_encoder_layers=2,
+        num_decoder_layers=2, mlp_dim=64, dropout_rate=0.1,
+    )  # fmt: skip
+    params = tt.make_train_step(config)[0]  # our (T5X) initialisation, as the bench's JAX side
+    examples = tt.synthetic_examples(6, 48, 24, VOCAB, seed=5)
+    model = compare_hf.hf_model(config, params)
+    assert model.lm_head.weight is not model.shared.weight
+    ours, theirs = compare_hf.initial_losses(config, params, model, examples)
+    assert abs(ours - theirs) <= compare_hf.LOSS_TOL * ours, (ours, theirs)
+    assert abs(ours - np.log(VOCAB)) < 1.0  # near uniform over the vocabulary
+    assert model.training  # left as found, for the training steps
+
+    torch.manual_seed(0)
+    own = transformers.T5ForConditionalGeneration(model.config)
+    assert own.lm_head.weight is own.shared.weight and not own.config.scale_decoder_outputs
+    _, theirs_own = compare_hf.initial_losses(config, params, own, examples)
+    assert theirs_own > ours + 3.0, (ours, theirs_own)
