@@ -78,6 +78,18 @@ def _decode(
     return out
 
 
+def _evaluate(
+    evaluator: evaluation.Evaluator,
+    state: RunState,
+    cache: dict,
+    say: Callable[[str], None] | None,
+) -> evaluation.Evaluation:
+    """The evaluator on the run's current (or given) parameters, at the sweep's decoding batch."""
+    return evaluator.evaluate(
+        state.model, state.params, state.mesh, state.rules, EVAL_BATCH, state.step, cache, say=say
+    )
+
+
 def gold_task(card: TaskCard) -> str:
     """The task a sweep scores: `predict: <input>` against the gold label, the card's metric."""
     return f"{card.name}_gold_label"
@@ -107,16 +119,7 @@ class KeepBestOnValidation(Hook):
 
     def score(self, state: RunState) -> float:
         """The validation accuracy (%) of the direct answers."""
-        ev = self.evaluator.evaluate(
-            state.model,
-            state.params,
-            state.mesh,
-            state.rules,
-            EVAL_BATCH,
-            state.step,
-            self.cache,
-            say=self.say,
-        )
+        ev = _evaluate(self.evaluator, state, self.cache, self.say)
         return ev.metrics[f"{self.evaluator.tasks[0]}/accuracy"]
 
     def on_step(self, state: RunState) -> None:
@@ -192,16 +195,7 @@ class ScoreTestSet(Hook):
         t0 = time.perf_counter()
         if self.select is not None and self.select.params is not None:
             state = dataclasses.replace(state, params=self.select.params)
-        ev = self.evaluator.evaluate(
-            state.model,
-            state.params,
-            state.mesh,
-            state.rules,
-            EVAL_BATCH,
-            state.step,
-            self.cache,
-            say=self.say,
-        )
+        ev = _evaluate(self.evaluator, state, self.cache, self.say)
         task = self.evaluator.tasks[0]
         out = ev.outputs[task]
         result: dict[str, Any] = {
