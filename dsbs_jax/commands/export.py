@@ -64,11 +64,9 @@ def _native_dir(path: str) -> str | None:
 
 
 def _step_of(params_dir: str | None) -> int:
-    if params_dir:
-        tail = os.path.basename(os.path.dirname(params_dir)).partition("_")[2]
-        if tail.isdigit():
-            return int(tail)
-    return 0
+    from dsbs_jax.train import run_dir
+
+    return (run_dir.step_of(os.path.dirname(params_dir)) if params_dir else None) or 0
 
 
 def _read_params(path: str):

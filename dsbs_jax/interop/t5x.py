@@ -33,10 +33,11 @@ import numpy as np
 
 from dsbs_jax import atomic
 from dsbs_jax.errors import UserError
+from dsbs_jax.train import run_dir
 
 CHECKPOINT_FILE = "checkpoint"
 STATE_ITEM = "state"
-PREFIX = "checkpoint"
+PREFIX = run_dir.CHECKPOINT_PREFIX
 VERSION = 3
 
 Params = dict[str, Any]
@@ -117,15 +118,6 @@ def _is_orbax_state(folder: str) -> bool:
     )
 
 
-def _steps(model_dir: str) -> list[int]:
-    steps = []
-    for name in os.listdir(model_dir):
-        head, _, tail = name.partition("_")
-        if head == PREFIX and tail.isdigit() and os.path.isdir(os.path.join(model_dir, name)):
-            steps.append(int(tail))
-    return sorted(steps)
-
-
 def find_checkpoint(path: str | os.PathLike, step: int | None = None) -> tuple[str, str] | None:
     """`(kind, location)` of a T5X checkpoint, or None if `path` is not one.
 
@@ -144,7 +136,7 @@ def find_checkpoint(path: str | os.PathLike, step: int | None = None) -> tuple[s
     file = os.path.join(path, CHECKPOINT_FILE)
     if _is_msgpack_checkpoint(file):
         return "msgpack", file
-    steps = _steps(path)
+    steps = sorted(run_dir.checkpoint_steps(path))
     if step is not None:
         steps = [s for s in steps if s == step]
     for s in reversed(steps):

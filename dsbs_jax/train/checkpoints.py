@@ -16,8 +16,9 @@ import jax
 import orbax.checkpoint as ocp
 
 from dsbs_jax.errors import UserError
+from dsbs_jax.train import run_dir
 
-PREFIX = "checkpoint"
+PREFIX = run_dir.CHECKPOINT_PREFIX
 DAMAGED_PREFIX = "damaged_"
 
 
@@ -152,19 +153,8 @@ def restore_newest_readable(
 
 
 def checkpoint_steps(model_dir: str) -> list[int]:
-    """Steps of the `checkpoint_<step>` folders in model_dir, newest first."""
-    if not os.path.isdir(model_dir):
-        return []
-    steps = []
-    for name in os.listdir(model_dir):
-        head, _, tail = name.partition("_")
-        if (
-            head == PREFIX
-            and tail.isdigit()
-            and os.path.isdir(os.path.join(model_dir, name, "params"))
-        ):
-            steps.append(int(tail))
-    return sorted(steps, reverse=True)
+    """Steps of our `checkpoint_<step>` folders (those holding `params`), newest first."""
+    return run_dir.checkpoint_steps(model_dir, holding="params")
 
 
 def read_or_explain(checkpoint_dir: str, read: Callable[[str], Any]) -> Any:

@@ -55,6 +55,31 @@ def check_feature_lengths(lengths: Any, name: str = "TASK_FEATURE_LENGTHS") -> N
         require_int(f"{name}[{key!r}]", lengths[key])
 
 
+CHECKPOINT_PREFIX = "checkpoint"  # `checkpoint_<step>`: ours (orbax) and T5X's alike
+
+
+def checkpoint_steps(model_dir: str | os.PathLike, holding: str | None = None) -> list[int]:
+    """Steps of the `checkpoint_<step>` folders in model_dir, newest first; with `holding`,
+    only those that hold that entry (`params` for ours)."""
+    model_dir = os.fspath(model_dir)
+    if not os.path.isdir(model_dir):
+        return []
+    steps = []
+    for name in os.listdir(model_dir):
+        head, _, tail = name.partition("_")
+        folder = os.path.join(model_dir, name)
+        if head == CHECKPOINT_PREFIX and tail.isdigit() and os.path.isdir(folder):
+            if holding is None or os.path.exists(os.path.join(folder, holding)):
+                steps.append(int(tail))
+    return sorted(steps, reverse=True)
+
+
+def step_of(checkpoint_folder: str | os.PathLike) -> int | None:
+    """The step of a `checkpoint_<step>` folder's name, or None."""
+    head, _, tail = os.path.basename(os.path.normpath(checkpoint_folder)).partition("_")
+    return int(tail) if head == CHECKPOINT_PREFIX and tail.isdigit() else None
+
+
 def check_model_dir(model_dir: Any) -> str:
     """MODEL_DIR must be a directory this process can write, or one it can create: checked
     without creating anything (the run creates it once every setting is checked)."""
