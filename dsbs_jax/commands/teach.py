@@ -98,12 +98,10 @@ def _source_dir(card: TaskCard, args: argparse.Namespace) -> pathlib.Path:
 
 
 def _released_split(card: TaskCard, split: str) -> str:
-    if split in card.gold_files:
-        return split
-    mapped = card.splits.get(split)
+    mapped = card.released_split(split)
     if mapped in card.gold_files:
         return mapped
-    if split == "validation" and card.validation_fraction > 0:
+    if split in ("valid", "validation") and card.validation_fraction > 0:
         raise UserError(
             f"{card.name} has no released validation split; teach `train` "
             "(`dsbs prepare` carves validation from it)"

@@ -69,6 +69,16 @@ class TaskCard:
     )
     path: str = ""
 
+    def released_split(self, split: str) -> str | None:
+        """The released split name for one of ours or a released one (`valid` and `validation`
+        both name validation, for every card); None if the card knows neither."""
+        if split in self.gold_files:
+            return split
+        mapped = self.splits.get(split)
+        if mapped is None and split in ("valid", "validation"):
+            mapped = self.splits.get("validation") or "valid"
+        return mapped
+
     def render_input(self, fields: dict[str, Any]) -> str:
         """Renders the model input from source fields; lists render as `(a) x` lines."""
         values = {}

@@ -47,11 +47,7 @@ def carve_validation(
 
 def _released_name(card: TaskCard, split: str) -> str:
     """Maps our split name (or a released one) to the released split name."""
-    if split in card.gold_files:
-        return split
-    mapped = card.splits.get(split)
-    if mapped is None and split in ("valid", "validation"):  # both names, for every card
-        mapped = card.splits.get("validation") or "valid"
+    mapped = card.released_split(split)
     if mapped is None:
         raise UserError(f"{card.name}: unknown split {split!r} for --records")
     return mapped
