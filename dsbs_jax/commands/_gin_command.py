@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 from dsbs_jax.errors import UserError
 from dsbs_jax.train import gin_utils
 
@@ -16,3 +18,17 @@ def setup(args, check_required: bool = True) -> dict[str, str]:
     paths = [p for p in args.gin_search_paths.split(",") if p]
     gin_utils.parse_gin(args.gin_file, bindings, paths, check_required)
     return {"data_dir": args.tfds_data_dir} if args.tfds_data_dir else {}
+
+
+def add_gin_arguments(parser: argparse.ArgumentParser) -> None:
+    """--gin_file, --gin_search_paths and --tfds_data_dir, as T5X names them."""
+    parser.add_argument("--gin_file", action="append", default=[], help="gin file (repeatable)")
+    parser.add_argument(
+        "--gin_search_paths", default="", help="comma-separated folders to look for gin files in"
+    )
+    parser.add_argument(
+        "--tfds_data_dir",
+        default=None,
+        help="prepared data (default: $DSBS_DATA_DIR, else $TFDS_DATA_DIR)",
+    )
+    parser.epilog = "gin bindings: --gin.NAME=value (as in T5X), e.g. --gin.TRAIN_STEPS=1000"

@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 
 from dsbs_jax.commands import _gin_command
-from dsbs_jax.train import gin_utils
 
 ACCEPTS_GIN_BINDINGS = True
 
 
 def add_arguments(parser) -> None:
-    gin_utils.add_gin_arguments(parser)
+    _gin_command.add_gin_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 

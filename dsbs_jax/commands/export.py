@@ -21,6 +21,7 @@ import dataclasses
 import os
 import re
 
+from dsbs_jax.commands import _gin_command
 from dsbs_jax.errors import UserError
 from dsbs_jax.train import gin_utils
 
@@ -50,7 +51,7 @@ def add_arguments(parser) -> None:
         "--t5x_layout", choices=("msgpack", "orbax"), default="msgpack", help="T5X layout"
     )
     parser.add_argument("--step", type=int, default=None, help="T5X step (default: the source's)")
-    gin_utils.add_gin_arguments(parser)
+    _gin_command.add_gin_arguments(parser)
 
 
 def _native_dir(path: str) -> str | None:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from dsbs_jax.commands import _gin_command
-from dsbs_jax.train import gin_utils
 
 ACCEPTS_GIN_BINDINGS = True
 
 
 def add_arguments(parser) -> None:
-    gin_utils.add_gin_arguments(parser)
+    _gin_command.add_gin_arguments(parser)
     parser.add_argument("--input_file", required=True, help="JSONL: `input` or the card's fields")
     parser.add_argument(
         "--output_file", required=True, help="JSONL: id, input, prediction[, rationale]"

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from dsbs_jax.commands import _gin_command
-from dsbs_jax.train import gin_utils
 
 ACCEPTS_GIN_BINDINGS = True
 
 
 def add_arguments(parser) -> None:
-    gin_utils.add_gin_arguments(parser)
+    _gin_command.add_gin_arguments(parser)
     from dsbs_jax.train import multihost
 
     multihost.add_arguments(parser)

@@ -208,16 +208,3 @@ def _resolve(path: str, search_paths: Sequence[str]) -> str:
         if os.path.exists(candidate):
             return candidate
     raise UserError(f"{path}: gin file not found here or in {', '.join(search_paths)}")
-
-
-def add_gin_arguments(parser) -> None:
-    parser.add_argument("--gin_file", action="append", default=[], help="gin file (repeatable)")
-    parser.add_argument(
-        "--gin_search_paths", default="", help="comma-separated folders to look for gin files in"
-    )
-    parser.add_argument(
-        "--tfds_data_dir",
-        default=None,
-        help="prepared data (default: $DSBS_DATA_DIR, else $TFDS_DATA_DIR)",
-    )
-    parser.epilog = "gin bindings: --gin.NAME=value (as in T5X), e.g. --gin.TRAIN_STEPS=1000"
