@@ -87,7 +87,7 @@ def initial_losses(cfg, params, model, examples: list, alpha: float = 0.5) -> tu
     import torch
 
     from dsbs_jax import weighting
-    from dsbs_jax.model.t5 import Transformer
+    from dsbs_jax.model.t5 import Transformer, resolve_kernels
     from dsbs_jax.train import losses
 
     segs = [tt.segments(e) for e in examples]
@@ -98,10 +98,13 @@ def initial_losses(cfg, params, model, examples: list, alpha: float = 0.5) -> tu
     assert batch["num_examples"] == n
 
     def loss(params, batch):  # jitted: one compile instead of one per operation
-        logits = Transformer(cfg).apply(
+        config = resolve_kernels(cfg)
+        logits = Transformer(config).apply(
             {"params": params}, **{k: batch[k] for k in tt.MODEL_KEYS}, enable_dropout=False
         )
-        tok = losses.token_losses(logits, batch["decoder_target_tokens"])
+        tok = losses.token_losses(
+            logits, batch["decoder_target_tokens"], plain=config.kernels != "cpu"
+        )
         return weighting.weighted_loss(
             tok, batch["decoder_loss_weights"], batch["decoder_task_ids"], 2, "exact"
         )[0]

@@ -185,12 +185,18 @@ def prefetch(it: Iterator, depth: int = 4) -> Iterator:
 # Model and the train step (the trainer's step: model.apply, token losses, exact weighting)
 
 
-def model_config(name: str, vocab_size: int, dtype: str = "float32", dropout: float = 0.1):
-    """T5Config for 'tiny', 'small' or a gin model file, with the vocab size and dtype set."""
+def model_config(
+    name: str, vocab_size: int, dtype: str = "float32", dropout: float = 0.1, kernels: str = "auto"
+):
+    """T5Config for 'tiny', 'small' or a gin model file, with the vocab size, dtype and kernels
+    ('auto': the CPU kernels on a CPU, as `dsbs train` picks them) set."""
     from dsbs_jax.model.t5 import T5Config
 
     if name in SIZES:
-        return T5Config(vocab_size=vocab_size, dropout_rate=dropout, dtype=dtype, **SIZES[name])
+        return T5Config(
+            vocab_size=vocab_size, dropout_rate=dropout, dtype=dtype, kernels=kernels,
+            **SIZES[name],
+        )  # fmt: skip
     import dataclasses
 
     import gin
@@ -198,7 +204,9 @@ def model_config(name: str, vocab_size: int, dtype: str = "float32", dropout: fl
     gin.clear_config()
     gin.parse_config_file(name)
     cfg = T5Config()  # the gin file binds every field but vocab_size's macro
-    return dataclasses.replace(cfg, vocab_size=vocab_size, dtype=dtype, dropout_rate=dropout)
+    return dataclasses.replace(
+        cfg, vocab_size=vocab_size, dtype=dtype, dropout_rate=dropout, kernels=kernels
+    )
 
 
 MODEL_KEYS = (
@@ -216,10 +224,10 @@ def make_train_step(config, learning_rate: float = 5e-5, z_loss: float = 0.0, se
     import optax
 
     from dsbs_jax import weighting
-    from dsbs_jax.model.t5 import Transformer
+    from dsbs_jax.model.t5 import Transformer, resolve_kernels
     from dsbs_jax.train import losses
 
-    model = Transformer(config)
+    model = Transformer(resolve_kernels(config))  # this script is an entry point: JAX's backend
     tx = optax.adamw(learning_rate, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0)
     one = jnp.ones((1, 8), jnp.int32)
     params = jax.jit(
@@ -239,7 +247,9 @@ def make_train_step(config, learning_rate: float = 5e-5, z_loss: float = 0.0, se
                 {"params": p}, **{k: batch[k] for k in MODEL_KEYS}, enable_dropout=True,
                 rngs={"dropout": rng},
             )  # fmt: skip
-            tok = losses.token_losses(logits, batch["decoder_target_tokens"], z_loss)
+            tok = losses.token_losses(
+                logits, batch["decoder_target_tokens"], z_loss, model.config.kernels != "cpu"
+            )
             loss, _ = weighting.weighted_loss(
                 tok, batch["decoder_loss_weights"], batch["decoder_task_ids"], 2, "exact"
             )
@@ -358,6 +368,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dec_len", type=int, default=0, help="0: chosen from the data")
     p.add_argument("--vocab_size", type=int, default=8192, help="synthetic data only")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    p.add_argument(
+        "--kernels", default="auto", choices=("auto", "cpu", "plain"),
+        help="auto: the CPU kernels on a CPU (as dsbs train); plain: JAX autodiff, T5X's shape",
+    )  # fmt: skip
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--peak_flops", type=float, default=0.0, help="device peak FLOP/s for MFU")
@@ -373,11 +387,14 @@ def main(argv: list[str] | None = None) -> int:
     enc_len, dec_len = args.enc_len, args.dec_len
     if not (enc_len and dec_len):
         enc_len, dec_len = choose_lengths(examples, args.rows, args.per_batch)
-    config = model_config(args.model, vocab_size, args.dtype)
+    config = model_config(args.model, vocab_size, args.dtype, kernels=args.kernels)
     batches = prefetch(packed_batches(examples, args.rows, enc_len, dec_len))
     r = run_jax(config, batches, args.steps, args.warmup)
+    from dsbs_jax.model.t5 import resolve_kernels
+
+    kernels = resolve_kernels(config).kernels
     print(f"model {args.model} (vocab {vocab_size}), data {args.data}, dtype {args.dtype}, "
-          f"malloc {host_malloc.MODE}, load {os.getloadavg()[0]:.1f}")  # fmt: skip
+          f"kernels {kernels}, malloc {host_malloc.MODE}, load {os.getloadavg()[0]:.1f}")  # fmt: skip
     print(report(r, args.peak_flops or None))
     return 0
 

@@ -346,6 +346,19 @@ def test_gin_model_configs_and_public_sizes():
         small = t5.T5Config()
     finally:
         gin.clear_config()
-    assert small.vocab_size == 1000
+    assert small.vocab_size == 1000 and small.kernels == "auto"  # the model gins leave it open
+    small = t5.resolve_kernels(small, "cpu")  # as an entry point does
     n = sum(int(np.prod(s)) for s in _flat_shapes(_abstract_params(small)).values())
     assert n == t5.num_params(small)
+
+
+def test_kernels_plain_by_default_and_auto_settled_before_the_network():
+    """The library's default is T5X's shape of computation; 'auto' (the model gins') is settled by
+    the entry point that knows the devices, and the network refuses it unsettled."""
+    assert TINY.kernels == "plain"
+    auto = _replace(TINY, kernels="auto")
+    with pytest.raises(ValueError, match="kernels is 'auto'"):
+        _init_fn(auto)()
+    assert t5.resolve_kernels(auto, "cpu").kernels == "cpu"
+    assert t5.resolve_kernels(auto, "tpu").kernels == "plain"
+    assert t5.resolve_kernels(auto, "gpu").kernels == "plain"

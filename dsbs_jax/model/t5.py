@@ -66,7 +66,7 @@ class T5Config:
     relative_attention_max_distance: int = 128
     float32_attention_logits: bool = True
     remat_policy: str = "none"  # a name in REMAT_POLICIES
-    kernels: str = "auto"  # a name in KERNELS
+    kernels: str = "plain"  # a name in KERNELS; 'auto' is settled by the entry point
 
     def __post_init__(self):
         object.__setattr__(self, "mlp_activations", tuple(self.mlp_activations))
@@ -94,7 +94,10 @@ REMAT_POLICIES = {
 # 'cpu': hand-written gradients for the gated MLP, the logits layer and the cross-entropy, with
 # wi_0/wi_1 joined into one product (docs/performance.md: faster on CPU). 'plain': the flax
 # network under JAX's autodiff, T5X's shape of computation, which shards cleanly over a
-# ('data', 'model') mesh. 'auto': 'cpu' on CPU, 'plain' on TPU and GPU.
+# ('data', 'model') mesh; the library's default. 'auto' (the model gins' KERNELS): 'cpu' on CPU,
+# 'plain' on TPU and GPU, settled once by the entry point that knows the devices
+# (`resolve_kernels`: the train step and compile by the mesh's platform, eval, predict and the
+# sweep by the mesh they load onto); the network refuses a config still saying 'auto'.
 KERNELS = ("auto", "cpu", "plain")
 
 
@@ -108,7 +111,12 @@ def resolve_kernels(config: T5Config, platform: str | None = None) -> T5Config:
 
 
 def _cpu_kernels(config: T5Config) -> bool:
-    return resolve_kernels(config).kernels == "cpu"
+    if config.kernels == "auto":
+        raise ValueError(
+            "T5Config.kernels is 'auto': settle it where the devices are known "
+            "(t5.resolve_kernels(config, platform)) before building the network"
+        )
+    return config.kernels == "cpu"
 
 
 def _dt(name: str) -> jnp.dtype:

@@ -251,7 +251,7 @@ def compile_lowered(
         compile_seconds=seconds,
         attention_logits="float32" if model_config.float32_attention_logits else model_config.dtype,
         remat_policy=model_config.remat_policy,
-        kernels=getattr(model_config, "kernels", "cpu"),
+        kernels=getattr(model_config, "kernels", "plain"),  # T5X's network: plain
         batch_size=batch_size,
         lengths=(enc_len, dec_len),
     )

@@ -16,19 +16,20 @@ from dsbs_jax.data import tasks as tasks_lib
 from dsbs_jax.data import vocab as vocab_lib
 from dsbs_jax.data.text import LABEL_PREFIX, RATIONALE_PREFIX
 from dsbs_jax.errors import UserError, located
-from dsbs_jax.model.t5 import T5Config, Transformer
+from dsbs_jax.model.t5 import T5Config, Transformer, resolve_kernels
 from dsbs_jax.progress import Progress
 from dsbs_jax.records import iter_jsonl
 from dsbs_jax.train import checkpoints, evaluation, partitioning, run_dir
 from dsbs_jax.train.plan import model_config_for
+from dsbs_jax.train.step import mesh_platform
 
 
 def load_model(config: T5Config, name: str, checkpoint_path: str, lengths: tuple[int, int]):
     """The network and its parameters from a checkpoint, sharded on the default mesh."""
-    config = model_config_for(config, name)
-    model = Transformer(config)
     mesh = partitioning.make_mesh()
     rules = partitioning.logical_axis_rules()
+    config = resolve_kernels(model_config_for(config, name), mesh_platform(mesh))
+    model = Transformer(config)
 
     with mesh, nn.logical_axis_rules(rules):
         _, _, abstract = partitioning.param_layout(model, lengths, mesh, rules)

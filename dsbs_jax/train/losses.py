@@ -9,15 +9,15 @@ import jax.numpy as jnp
 
 
 def token_losses(
-    logits: jax.Array, targets: jax.Array, z_loss: float = 0.0, plain: bool = False
+    logits: jax.Array, targets: jax.Array, z_loss: float = 0.0, plain: bool = True
 ) -> jax.Array:
     """Per-token cross entropy (float32), plus z_loss * log(Z)^2 when z_loss > 0.
 
-    plain=False (the CPU kernel): its gradient is written out (softmax * (1 + 2 z_loss log Z) -
+    plain=False (the CPU kernel, `kernels='cpu'`): its gradient is written out (softmax * (1 + 2 z_loss log Z) -
     one_hot, times the incoming gradient) as one elementwise pass over the logits: autodiff's
     version keeps a copy of exp(logits - max) from the forward and scatters the target gradient,
     two more passes over [tokens, vocab] (the largest activation of a small model).
-    plain=True: the same function under JAX's autodiff, the target logit picked by a one-hot
+    plain=True (the default): the same function under JAX's autodiff, the target logit picked by a one-hot
     product, which stays local when the vocabulary is split over 'model' (a gather or scatter
     along a sharded vocabulary would move the logits between devices)."""
     logits = logits.astype(jnp.float32)

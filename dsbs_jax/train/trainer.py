@@ -27,7 +27,7 @@ from clu import metric_writers
 from dsbs_jax import weighting
 from dsbs_jax.data import tasks as tasks_lib
 from dsbs_jax.errors import UserError
-from dsbs_jax.model.t5 import T5Config, Transformer
+from dsbs_jax.model.t5 import T5Config, Transformer, resolve_kernels
 from dsbs_jax.train import (
     checkpoints,
     evaluation,
@@ -138,6 +138,8 @@ def train(
     log.info("mesh %s over %d devices", dict(mesh.shape), mesh.size)
     is_main = jax.process_index() == 0
     cache = programs if programs is not None else {}
+    # The one place a run settles KERNELS 'auto': by the platform of the devices it runs on.
+    model_config = resolve_kernels(model_config, step_lib.mesh_platform(mesh))
     plan = plan_lib.plan_step(
         mixture_or_task_name, task_feature_lengths, train_steps, batch_size, model_config,
         loss_weighting, z_loss, optimizer, learning_rate_fn, cache,
