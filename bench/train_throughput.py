@@ -281,16 +281,25 @@ def device_peak_mib() -> float | None:
 
 
 def run_jax(
-    config, batches: Iterator, steps: int, warmup: int, sync_every_step: bool = True
+    config,
+    batches: Iterator,
+    steps: int,
+    warmup: int,
+    sync_every_step: bool = True,
+    state: list | None = None,
 ) -> dict[str, float]:
     """Trains `warmup` + `steps` steps; figures over the timed steps.
 
     With sync_every_step the host waits for each step (step-time percentiles); otherwise only
-    at the end (steps overlap host work; the throughput figure).
+    at the end (steps overlap host work; the throughput figure). `state`, a list
+    [params, opt_state, step_fn] from `make_train_step`, carries a built step from one call to
+    the next (rounds of one process: one compile) and holds the updated state afterwards.
     """
     import jax
 
-    params, opt_state, step_fn = make_train_step(config)
+    if state is None:
+        state = list(make_train_step(config))
+    params, opt_state, step_fn = state
     keys = STEP_KEYS
     examples = real_enc = real_dec = 0
     times: list[float] = []
@@ -312,6 +321,7 @@ def run_jax(
             real_dec += int((host["decoder_target_tokens"] > 0).sum())
             shape = host["encoder_input_tokens"].shape + host["decoder_target_tokens"].shape[1:]
     wall = time.perf_counter() - t0
+    state[:2] = params, opt_state
     rows, enc_len, dec_len = shape
     from dsbs_jax.model.t5 import flops_per_example
 
@@ -369,9 +379,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vocab_size", type=int, default=8192, help="synthetic data only")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     p.add_argument(
-        "--kernels", default="auto", choices=("auto", "cpu", "plain"),
-        help="auto: the CPU kernels on a CPU (as dsbs train); plain: JAX autodiff, T5X's shape",
+        "--kernels", default="auto",
+        help="auto (the CPU kernels on a CPU, as dsbs train), cpu or plain (JAX autodiff, T5X's "
+        "shape); a comma list (cpu,plain) measures each, side by side in alternating rounds",
     )  # fmt: skip
+    p.add_argument("--rounds", type=int, default=1, help="rounds of --steps for each kernels")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--peak_flops", type=float, default=0.0, help="device peak FLOP/s for MFU")
@@ -387,15 +399,32 @@ def main(argv: list[str] | None = None) -> int:
     enc_len, dec_len = args.enc_len, args.dec_len
     if not (enc_len and dec_len):
         enc_len, dec_len = choose_lengths(examples, args.rows, args.per_batch)
-    config = model_config(args.model, vocab_size, args.dtype, kernels=args.kernels)
-    batches = prefetch(packed_batches(examples, args.rows, enc_len, dec_len))
-    r = run_jax(config, batches, args.steps, args.warmup)
-    from dsbs_jax.model.t5 import resolve_kernels
+    from dsbs_jax.model.t5 import KERNELS, resolve_kernels
 
-    kernels = resolve_kernels(config).kernels
-    print(f"model {args.model} (vocab {vocab_size}), data {args.data}, dtype {args.dtype}, "
-          f"kernels {kernels}, malloc {host_malloc.MODE}, load {os.getloadavg()[0]:.1f}")  # fmt: skip
-    print(report(r, args.peak_flops or None))
+    choices = [k.strip() for k in args.kernels.split(",") if k.strip()]
+    if not choices or any(k not in KERNELS for k in choices):
+        p.error(f"--kernels {args.kernels!r}: a comma list of {', '.join(KERNELS)}")
+    configs = {
+        k: resolve_kernels(model_config(args.model, vocab_size, args.dtype, kernels=k))
+        for k in choices
+    }
+    batches = prefetch(packed_batches(examples, args.rows, enc_len, dec_len))
+    states: dict[str, list] = {}
+    rates: dict[str, list[float]] = {k: [] for k in choices}
+    for rnd in range(args.rounds):
+        for k, config in configs.items():
+            first = k not in states
+            state = states.setdefault(k, list(make_train_step(config)))
+            r = run_jax(config, batches, args.steps, args.warmup if first else 1, state=state)
+            rates[k].append(r["examples_per_s"])
+            print(f"round {rnd + 1}: model {args.model} (vocab {vocab_size}), data {args.data}, "
+                  f"dtype {args.dtype}, kernels {config.kernels}, malloc {host_malloc.MODE}, "
+                  f"load {os.getloadavg()[0]:.1f}")  # fmt: skip
+            print(report(r, args.peak_flops or None), flush=True)
+    if len(configs) > 1 or args.rounds > 1:
+        print("examples/s by round: " + "; ".join(
+            f"{configs[k].kernels} {', '.join(f'{x:.2f}' for x in v)} (median "
+            f"{float(np.median(v)):.2f})" for k, v in rates.items()))  # fmt: skip
     return 0
 
 
