@@ -3,7 +3,7 @@
 The one prepared GPU check of bench/. Synthetic packed dsbs batches (random tokens with cqa's
 length shape, both tasks of each example in the same batch; no files needed), the native train
 step (AdamW, exact weighting, dropout 0.1, donated state), bf16 activations with float32
-parameters. FLOPs per step: `t5.flops_per_example(config, 512, 128)` per row (forward + backward,
+parameters. FLOPs per step: `counts.flops_per_example(config, 512, 128)` per row (forward + backward,
 attention over the full rows, logits); MFU = FLOP/s at the p50 step time / --peak_flops (default
 989e12: H200 dense bf16). Writes a JSON summary to $OUT/gpu_mfu.json when $OUT is set.
 
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     import jax
 
-    from dsbs_jax.model.t5 import flops_per_example, num_params
+    from dsbs_jax.model.counts import flops_per_example, num_params
 
     for name in args.models.split(","):  # the gin files parse, whatever runs below
         spec = name if name in tt.SIZES else os.path.join(MODELS, f"t5_1_1_{name}.gin")

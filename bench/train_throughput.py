@@ -5,7 +5,7 @@ sequence, packed together into the same batch, exact alpha weighting). Prints ex
 tokens/s, the share of non-padding tokens (packing efficiency), step time p50/p90, peak host
 memory, device memory where the device reports it, and MFU given `--peak_flops`.
 
-FLOPs: `dsbs_jax.model.t5.flops_per_example(config, enc_len, dec_len)` per packed row (every
+FLOPs: `dsbs_jax.model.counts.flops_per_example(config, enc_len, dec_len)` per packed row (every
 dense projection, attention scores and values over the full row lengths, the logits; forward plus
 backward = 3x forward), so MFU counts the work the device is given, padding included; the
 "useful" MFU below scales it by the non-padding share.
@@ -323,7 +323,7 @@ def run_jax(
     wall = time.perf_counter() - t0
     state[:2] = params, opt_state
     rows, enc_len, dec_len = shape
-    from dsbs_jax.model.t5 import flops_per_example
+    from dsbs_jax.model.counts import flops_per_example
 
     return {
         "examples_per_s": examples / wall,
@@ -358,7 +358,9 @@ def report(r: dict[str, float], peak_flops: float | None) -> str:
     if dev is not None:
         lines.append(f"peak device memory   {dev:.0f} MiB")
     achieved = r["flops_per_step"] / r["step_p50_s"]
-    lines.append(f"achieved FLOP/s      {achieved / 1e9:.1f} GFLOP/s (t5.flops_per_example, p50)")
+    lines.append(
+        f"achieved FLOP/s      {achieved / 1e9:.1f} GFLOP/s (counts.flops_per_example, p50)"
+    )
     if peak_flops:
         mfu = achieved / peak_flops
         lines.append(f"MFU                  {mfu:.1%}  (useful: {mfu * r['nonpad_share']:.1%})")

@@ -1,7 +1,8 @@
 """Hand-written gradients and the per-stack dropout draw give the same function as autodiff.
 
-`t5._gated_gelu_mlp`, `t5._matmul` and `losses.token_losses` carry their own backward (laid out
-for XLA's CPU dots); each is checked here against autodiff of the plain expression.
+`cpu_kernels.gated_gelu_mlp`, `cpu_kernels.matmul` and `cpu_kernels.token_losses` carry their own
+backward (laid out for XLA's CPU dots); each is checked here against autodiff of the plain
+expression, and the dropout plan (`model.dropout`) for its rate and shapes.
 """
 
 import jax
@@ -9,7 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dsbs_jax.model import t5
+from dsbs_jax.model import cpu_kernels, t5
+from dsbs_jax.model import dropout as drop
 from dsbs_jax.train import losses
 
 
@@ -35,7 +37,7 @@ def test_gated_gelu_mlp_value_and_gradients(dropout):
         out, vjp = jax.vjp(lambda *a: fn(*a, keep, rate), x, w0, w1, wo)
         return out, vjp(cot)
 
-    (ours, g_ours), (ref, g_ref) = run(t5._gated_gelu_mlp), run(_plain_mlp)
+    (ours, g_ours), (ref, g_ref) = run(cpu_kernels.gated_gelu_mlp), run(_plain_mlp)
     np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5)
     for a, b in zip(g_ours, g_ref):
         assert a.shape == b.shape
@@ -44,14 +46,14 @@ def test_gated_gelu_mlp_value_and_gradients(dropout):
 
 def test_gelu_parts_match_jax_gelu_and_its_derivative():
     a = jnp.linspace(-6.0, 6.0, 101)
-    value, slope = t5._gelu_parts(a)
+    value, slope = cpu_kernels.gelu_parts(a)
     np.testing.assert_array_equal(value, jax.nn.gelu(a, approximate=True))
     np.testing.assert_allclose(slope, jax.vmap(jax.grad(jax.nn.gelu))(a), atol=1e-6)
 
 
 def test_matmul_gradients():
     x, k, cot = _rand(5, 3, 4, 6), _rand(6, 6, 7), _rand(7, 3, 4, 7)
-    out, vjp = jax.vjp(t5._matmul, x, k)
+    out, vjp = jax.vjp(cpu_kernels.matmul, x, k)
     ref, vjp_ref = jax.vjp(lambda a, b: jnp.einsum("...i,io->...o", a, b), x, k)
     np.testing.assert_allclose(out, ref, rtol=1e-6)
     for a, b in zip(vjp(cot), vjp_ref(cot)):
@@ -68,24 +70,29 @@ def test_token_losses_value_and_gradient(z_loss):
         loss = log_z - jnp.take_along_axis(lg, targets[..., None], axis=-1)[..., 0]
         return loss + z_loss * log_z**2
 
-    np.testing.assert_array_equal(losses.token_losses(logits, targets, z_loss), plain(logits))
-    ours = jax.grad(lambda lg: (losses.token_losses(lg, targets, z_loss) * weights).sum())(logits)
     ref = jax.grad(lambda lg: (plain(lg) * weights).sum())(logits)
-    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-6)
+    for kernel in (False, True):  # the CPU kernel, and the plain default through autodiff
+
+        def ours(lg, kernel=kernel):
+            return losses.token_losses(lg, targets, z_loss, plain=not kernel)
+
+        np.testing.assert_allclose(ours(logits), plain(logits), rtol=1e-6, atol=1e-6)
+        grad = jax.grad(lambda lg, f=ours: (f(lg) * weights).sum())(logits)
+        np.testing.assert_allclose(grad, ref, rtol=1e-5, atol=1e-6)
 
 
 def test_keep_mask_rate_and_split_shapes():
-    bits = t5._draw_bits(jax.random.key(1), (200_000,))
-    assert abs(float(t5._keep_mask(bits, 0.1).mean()) - 0.9) < 0.005
-    assert bool(t5._keep_mask(bits, 0.0).all())
+    bits = drop.draw_bits(jax.random.key(1), (200_000,))
+    assert abs(float(drop.keep_mask(bits, 0.1).mean()) - 0.9) < 0.005
+    assert bool(drop.keep_mask(bits, 0.0).all())
     shapes = [(2, 5, 3), (2, 1, 4)]
     rows = bits[:1000].reshape(2, 500)
-    masks = t5._split_masks(rows[:, : t5._num_words(shapes)], shapes, 0.5)
+    masks = drop.split_masks(rows[:, : drop.num_words(shapes)], shapes, 0.5)
     assert [m.shape for m in masks] == shapes and all(m.dtype == jnp.bool_ for m in masks)
     # Each example's masks come from its own row of the draw (so the draw shards by batch).
-    np.testing.assert_array_equal(masks[1][1, 0], t5._keep_mask(rows[1, 15:19], 0.5))
+    np.testing.assert_array_equal(masks[1][1, 0], drop.keep_mask(rows[1, 15:19], 0.5))
     with pytest.raises(ValueError, match="dropout bits"):
-        t5._split_masks(rows[:, :100], shapes, 0.5)
+        drop.split_masks(rows[:, :100], shapes, 0.5)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import optax
 import pytest
 from flax import traverse_util
 
-from dsbs_jax.model import t5
+from dsbs_jax.model import counts, t5
 from dsbs_jax.model.t5 import T5Config, Transformer
 
 TINY = T5Config(
@@ -131,7 +131,7 @@ def _flat_shapes(boxed) -> dict[str, tuple[int, ...]]:
 
 def test_param_tree_matches_t5x_names_and_shapes(params):
     assert _flat_shapes(params) == _expected_shapes(TINY)
-    assert sum(x.size for x in jax.tree.leaves(params)) == t5.num_params(TINY)
+    assert sum(x.size for x in jax.tree.leaves(params)) == counts.num_params(TINY)
     odd = _replace(TINY, num_encoder_layers=3, num_decoder_layers=1, num_heads=3, head_dim=8)
     assert _flat_shapes(_abstract_params(odd)) == _expected_shapes(odd)
 
@@ -140,7 +140,7 @@ def test_tied_embedding_has_no_logits_dense():
     cfg = _replace(TINY, logits_via_embedding=True)
     shapes = _flat_shapes(_abstract_params(cfg))
     assert "decoder/logits_dense/kernel" not in shapes
-    assert sum(int(np.prod(s)) for s in shapes.values()) == t5.num_params(cfg)
+    assert sum(int(np.prod(s)) for s in shapes.values()) == counts.num_params(cfg)
 
 
 def test_every_param_has_logical_axes():
@@ -312,10 +312,10 @@ def test_flops_match_xla_count(params):
     enc, tgt = _batch(8)
     cost = _value_and_grad(TINY).lower(params, enc, tgt).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
-    ours = t5.flops_per_example(TINY, ENC, DEC) * 2  # batch of 2
+    ours = counts.flops_per_example(TINY, ENC, DEC) * 2  # batch of 2
     # XLA also counts elementwise work, a large share at this width; ours is matmuls only.
     assert 0.5 < ours / cost["flops"] < 1.5, (ours, cost["flops"])
-    assert t5.flops_per_token(TINY, ENC, DEC) == pytest.approx(ours / 2 / (ENC + DEC))
+    assert counts.flops_per_token(TINY, ENC, DEC) == pytest.approx(ours / 2 / (ENC + DEC))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -336,7 +336,7 @@ def test_gin_model_configs_and_public_sizes():
         # tiny and mini take the size from the task's vocabulary (0); the public sizes are T5's.
         want_vocab = 0 if path.stem in ("t5_1_1_tiny", "t5_1_1_mini") else 32128
         assert cfg.vocab_size == want_vocab and cfg.mlp_activations == ("gelu", "linear")
-        sizes[path.stem.removeprefix("t5_1_1_")] = t5.num_params(cfg)
+        sizes[path.stem.removeprefix("t5_1_1_")] = counts.num_params(cfg)
     assert set(sizes) == {"tiny", "mini", "small", "base", "large", "xl", "xxl"}
     assert {k: sizes[k] for k in expected} == expected
     # VOCAB_SIZE is a macro the trainer overrides.
@@ -349,7 +349,7 @@ def test_gin_model_configs_and_public_sizes():
     assert small.vocab_size == 1000 and small.kernels == "auto"  # the model gins leave it open
     small = t5.resolve_kernels(small, "cpu")  # as an entry point does
     n = sum(int(np.prod(s)) for s in _flat_shapes(_abstract_params(small)).values())
-    assert n == t5.num_params(small)
+    assert n == counts.num_params(small)
 
 
 def test_kernels_plain_by_default_and_auto_settled_before_the_network():

@@ -9,13 +9,12 @@ the relative position bias is computed once per stack (T5X recomputes it in ever
 same parameters) with the attention mask folded into it, the bias follows the `*_positions` arrays
 when they are given, and the key/value cache is laid out [batch, length, heads, head_dim].
 
-For training speed on CPU (docs/performance.md): the gated-GELU MLP and dense layers have
-hand-written gradients laid out for XLA's dots (the same values as autodiff's, tested), attention
-dropout (T5X's mask over [batch, heads, keys], broadcast over queries) scales the values instead of
-the [batch, heads, q, k] weights (the same product), and each stack draws all its dropout masks
-with one `jax.random.bits` call instead of one `make_rng` + threefry per dropout site (the
-encoder's large final mask has a call of its own). The masks keep T5X's shapes and rate; the
-random streams differ from flax's `nn.Dropout`.
+Dropout is T5X's (its masks, shapes and rate), drawn as `dsbs_jax.model.dropout` plans: one
+random draw per stack, attention's mask over [batch, heads, keys] applied to the values instead of
+the [batch, heads, q, k] weights (the same product). With `kernels='cpu'` the gated MLP, the
+logits layer and the loss run the hand-written backward passes of `dsbs_jax.model.cpu_kernels`
+(the same function; faster on CPU, docs/performance.md); the default, 'plain', is this module
+under JAX's autodiff. Sizes and FLOPs: `dsbs_jax.model.counts`.
 
 On positions: within a contiguous packed segment, key minus query position is the same whether
 taken from `*_positions` or from the row index, so both give identical logits (tested). Passing
@@ -29,7 +28,6 @@ save that memory when segments are contiguous (seqio packing is).
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -38,6 +36,9 @@ import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from dsbs_jax.model import cpu_kernels
+from dsbs_jax.model import dropout as drop
 
 Array = jax.Array
 
@@ -134,65 +135,6 @@ def _dense_init(in_axis, out_axis, distribution: str = "truncated_normal"):
     return nn.initializers.variance_scaling(
         1.0, "fan_in", distribution, in_axis=in_axis, out_axis=out_axis
     )
-
-
-# ----------------------------------------------------------------------------------------------
-# Dropout
-#
-# Each stack draws the random bits of all its dropout masks with one `jax.random.bits` call
-# (flax's `nn.Dropout` draws each mask with its own `make_rng` fold-in and threefry call: 24
-# small threefry loops per step of a 2+2-layer model on CPU). The draw is [batch, words]: each
-# mask takes its columns, so the bits shard over 'data' like the activations (with JAX's
-# partitionable threefry every device draws only its own rows; a flat draw cut into masks would
-# have to be moved between devices). The masks keep T5X's shapes: broadcast over the length axis
-# ([b, 1, features]) except the encoder's final dropout, and attention dropout broadcast over
-# queries. The encoder's final mask ([b, length, features]) is drawn by itself (`_whole_mask`).
-
-
-def _draw_bits(key: Array, shape: tuple[int, ...]) -> Array:
-    return jax.random.bits(key, shape, jnp.uint32)
-
-
-def _keep_mask(bits: Array, rate: float) -> Array:
-    """True where a unit is kept: P(bits >= rate * 2^32) = 1 - rate."""
-    return bits >= np.uint32(min(round(rate * 2.0**32), 2**32 - 1))
-
-
-def _apply_keep(x: Array, keep: Array, rate: float) -> Array:
-    """Inverted dropout with a boolean keep mask broadcastable to x (as `nn.Dropout`)."""
-    return jax.lax.select(
-        jnp.broadcast_to(keep, x.shape), x / jnp.asarray(1.0 - rate, x.dtype), jnp.zeros_like(x)
-    )
-
-
-def _split_masks(bits: Array | None, shapes: Sequence[tuple[int, ...]], rate: float):
-    """Keep masks of the given shapes ([batch, ...] each) cut in order from the columns of a
-    [batch, words] uint32 array (None: no dropout)."""
-    if bits is None:
-        return [None] * len(shapes)
-    out, start = [], 0
-    for shape in shapes:
-        n = int(np.prod(shape[1:]))
-        out.append(_keep_mask(bits[:, start : start + n].reshape(shape), rate))
-        start += n
-    if start != bits.shape[1]:
-        raise ValueError(f"dropout bits: {bits.shape[1]} words per example for {start} units")
-    return out
-
-
-def _num_words(shapes: Sequence[tuple[int, ...]]) -> int:
-    """Words per example of masks with these [batch, ...] shapes."""
-    return sum(int(np.prod(s[1:])) for s in shapes)
-
-
-def _draw_rows(key: Array, batch: int, words: int) -> Array:
-    """[batch, words] uint32 bits, laid out along the batch like the activations."""
-    bits = _draw_bits(key, (batch, words))
-    return nn.with_logical_constraint(bits, ("batch", None))
-
-
-def _dropout(x: Array, keep: Array | None, rate: float) -> Array:
-    return x if keep is None else _apply_keep(x, keep, rate)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -374,11 +316,11 @@ class MultiHeadAttention(nn.Module):
             # * m[b, h, k]. The same product is taken here as weights[b, h, q, k] * (m[b, h, k]
             # * v[b, k, h, :]), which touches [b, k, h, head_dim] values instead of [b, h, q, k].
             if dropout_keep is None:
-                dropout_keep = _keep_mask(
-                    _draw_bits(self.make_rng("dropout"), v.shape[:3]), self.dropout_rate
+                dropout_keep = drop.keep_mask(
+                    drop.draw_bits(self.make_rng("dropout"), v.shape[:3]), self.dropout_rate
                 )
             keep = nn.with_logical_constraint(dropout_keep, ("batch", "length", "heads"))
-            v = _apply_keep(v, keep[..., None], self.dropout_rate)
+            v = drop.apply_keep(v, keep[..., None], self.dropout_rate)
         out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
         return _Out(emb, self.dtype, self.param_dtype, name="out")(out)
 
@@ -423,7 +365,7 @@ class _Out(nn.Module):
 
 class _Dense(nn.Module):
     """Matmul, kernel [in, out] with the given logical axes; no bias. With `plain` False its
-    backward is `_matmul`'s (CPU kernels)."""
+    backward is `cpu_kernels.matmul`'s."""
 
     features: int
     axes: tuple[str, str]
@@ -439,26 +381,9 @@ class _Dense(nn.Module):
         )  # fmt: skip
         dtype = _dt(self.dtype)
         x, kernel = x.astype(dtype), kernel.astype(dtype)
-        return jnp.einsum("...i,io->...o", x, kernel) if self.plain else _matmul(x, kernel)
-
-
-@jax.custom_vjp
-def _matmul(x: Array, kernel: Array) -> Array:
-    """x [..., i] @ kernel [i, o], with the kernel gradient taken as (x^T materialised) @ dy:
-    autodiff's version transposes dy instead, the large operand for the logits layer."""
-    return x @ kernel
-
-
-def _matmul_fwd(x, kernel):
-    return x @ kernel, (x, kernel)
-
-
-def _matmul_bwd(res, dy):
-    x, kernel = res
-    return dy @ kernel.T, _tdot(x, dy)
-
-
-_matmul.defvjp(_matmul_fwd, _matmul_bwd)
+        return (
+            jnp.einsum("...i,io->...o", x, kernel) if self.plain else cpu_kernels.matmul(x, kernel)
+        )
 
 
 def _activation(name: str):
@@ -467,67 +392,6 @@ def _activation(name: str):
     if name == "gelu":
         return nn.gelu  # tanh approximation, as T5X (flax's default)
     return getattr(nn, name)
-
-
-_SQRT_2_OVER_PI = np.sqrt(2 / np.pi)
-
-
-def _gelu_parts(a: Array) -> tuple[Array, Array]:
-    """tanh-GELU of a (the same expression as `jax.nn.gelu(approximate=True)`) and its slope."""
-    c = _SQRT_2_OVER_PI.astype(a.dtype)
-    a2 = a * a
-    t = jnp.tanh(c * (a + 0.044715 * (a2 * a)))
-    cdf = 0.5 * (1.0 + t)
-    slope = cdf + a * (0.5 * (1.0 - t * t)) * c * (1.0 + 3 * 0.044715 * a2)
-    return a * cdf, slope
-
-
-def _tdot(a: Array, b: Array) -> Array:
-    """a^T @ b over all leading axes, a [..., i] and b [..., o] -> [i, o]. The transpose of a
-    (the small operand here) is materialised first, so XLA neither transposes b nor fuses b's
-    elementwise producer into a transposed copy."""
-    a2 = a.reshape(-1, a.shape[-1])
-    return jax.lax.optimization_barrier(a2.T) @ b.reshape(-1, b.shape[-1])
-
-
-def _constrain_mlp(h: Array) -> Array:
-    return nn.with_logical_constraint(h, ("batch", "length", "mlp")) if h.ndim == 3 else h
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
-def _gated_gelu_mlp(x, w0, w1, wo, keep, rate):
-    """dropout(gelu(x @ w0) * (x @ w1)) @ wo; keep (bool, broadcastable to [..., mlp]) or None.
-
-    The same function as the generic `MlpBlock` path, with its own backward: autodiff's version
-    makes XLA fuse the GELU derivative into transposed copies of the [tokens, mlp] gradients
-    (4-5 ms each at tiny's shape on CPU); here each weight gradient is (small operand)^T @
-    (large operand) with the large one in its natural layout, and wi_0, wi_1 act as one
-    [embed, 2 * mlp] matrix (one product each way; ~10% off a small-config step)."""
-    return _gated_gelu_mlp_fwd(x, w0, w1, wo, keep, rate)[0]
-
-
-def _gated_gelu_mlp_fwd(x, w0, w1, wo, keep, rate):
-    # wi_0 and wi_1 side by side: one [embed, 2 * mlp] product (the parameters stay two).
-    a01 = x @ jnp.concatenate([w0, w1], axis=1)
-    a0, a1 = a01[..., : w0.shape[1]], a01[..., w0.shape[1] :]
-    g, _ = _gelu_parts(a0)
-    h = _constrain_mlp(_dropout(g * a1, keep, rate))
-    return h @ wo, (x, a0, a1, w0, w1, wo, keep)
-
-
-def _gated_gelu_mlp_bwd(rate, res, dy):
-    x, a0, a1, w0, w1, wo, keep = res
-    g, slope = _gelu_parts(a0)
-    h = _dropout(g * a1, keep, rate)
-    dh = _dropout(dy @ wo.T, keep, rate)
-    da01 = jax.lax.optimization_barrier(jnp.concatenate([dh * a1 * slope, dh * g], axis=-1))
-    dx = da01 @ jnp.concatenate([w0, w1], axis=1).T
-    dw01 = _tdot(x, da01)
-    m = w0.shape[1]
-    return dx, dw01[:, :m], dw01[:, m:], _tdot(dy, h).T, None
-
-
-_gated_gelu_mlp.defvjp(_gated_gelu_mlp_fwd, _gated_gelu_mlp_bwd)
 
 
 class _Kernel(nn.Module):
@@ -552,7 +416,7 @@ class MlpBlock(nn.Module):
     dropout_rate: float
     dtype: str
     param_dtype: str
-    plain: bool = True  # False: the gated-GELU MLP runs `_gated_gelu_mlp` (CPU kernels)
+    plain: bool = True  # False: the gated-GELU MLP runs `cpu_kernels.gated_gelu_mlp`
 
     @nn.compact
     def __call__(self, x: Array, deterministic: bool, dropout_keep: Array | None = None) -> Array:
@@ -560,8 +424,8 @@ class MlpBlock(nn.Module):
         if deterministic or self.dropout_rate == 0.0:
             dropout_keep = None
         elif dropout_keep is None:
-            bits = _draw_rows(self.make_rng("dropout"), x.shape[0], self.mlp_dim)
-            dropout_keep = _keep_mask(bits[:, None, :], self.dropout_rate)
+            bits = drop.draw_rows(self.make_rng("dropout"), x.shape[0], self.mlp_dim)
+            dropout_keep = drop.keep_mask(bits[:, None, :], self.dropout_rate)
         if not self.plain and tuple(self.activations) == ("gelu", "linear"):
             d, m = x.shape[-1], self.mlp_dim
             w0, w1, wo = (
@@ -572,18 +436,18 @@ class MlpBlock(nn.Module):
                     ("wo", (m, d), ("mlp", "embed")),
                 )
             )
-            return _gated_gelu_mlp(x.astype(_dt(self.dtype)), w0, w1, wo, dropout_keep,
-                                   self.dropout_rate)  # fmt: skip
+            x = x.astype(_dt(self.dtype))
+            return cpu_kernels.gated_gelu_mlp(x, w0, w1, wo, dropout_keep, self.dropout_rate)
         h = None
         for i, act in enumerate(self.activations):
             name = "wi" if len(self.activations) == 1 else f"wi_{i}"
             y = _Dense(self.mlp_dim, ("embed", "mlp"), self.dtype, self.param_dtype, self.plain,
                        name=name)(x)  # fmt: skip
-            y = _activation(act)(_constrain_mlp(y))
+            y = _activation(act)(nn.with_logical_constraint(y, ("batch", "length", "mlp")))
             h = y if h is None else h * y
         if dropout_keep is not None:
             dropout_keep = nn.with_logical_constraint(dropout_keep, ("batch", None, "mlp"))
-        h = _dropout(h, dropout_keep, self.dropout_rate)
+        h = drop.apply(h, dropout_keep, self.dropout_rate)
         h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
         return _Dense(x.shape[-1], ("mlp", "embed"), self.dtype, self.param_dtype, self.plain,
                       name="wo")(h)  # fmt: skip
@@ -620,56 +484,6 @@ def _constrain(x: Array) -> Array:
     return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
 
-def _encoder_layer_masks(cfg: T5Config, batch: int, length: int) -> list[tuple[int, ...]]:
-    """Dropout mask shapes of one encoder layer, in the order the layer uses them."""
-    d, h, m = cfg.emb_dim, cfg.num_heads, cfg.mlp_dim
-    return [(batch, length, h), (batch, 1, d), (batch, 1, m), (batch, 1, d)]
-
-
-def _decoder_layer_masks(
-    cfg: T5Config, batch: int, length: int, enc_length: int
-) -> list[tuple[int, ...]]:
-    """Dropout mask shapes of one decoder layer, in the order the layer uses them."""
-    d, h, m = cfg.emb_dim, cfg.num_heads, cfg.mlp_dim
-    return [(batch, length, h), (batch, 1, d), (batch, enc_length, h), (batch, 1, d),
-            (batch, 1, m), (batch, 1, d)]  # fmt: skip
-
-
-def _masks(module: nn.Module, bits, shapes, deterministic: bool) -> list[Array | None]:
-    """The keep masks of `shapes` from `bits` (drawn here if None and dropout is on)."""
-    rate = module.config.dropout_rate
-    if deterministic or rate == 0.0:
-        return [None] * len(shapes)
-    if bits is None:
-        bits = _draw_rows(module.make_rng("dropout"), shapes[0][0], _num_words(shapes))
-    return _split_masks(bits, shapes, rate)
-
-
-def _stack_bits(module: nn.Module, batch: int, sizes: Sequence[int], deterministic: bool):
-    """One [batch, sum(sizes)] uint32 draw for all of a stack's dropout masks, cut into
-    [batch, n] column blocks of `sizes` words per example (or Nones)."""
-    if deterministic or module.config.dropout_rate == 0.0:
-        return [None] * len(sizes)
-    bits = _draw_rows(module.make_rng("dropout"), batch, sum(sizes))
-    out, start = [], 0
-    for n in sizes:
-        out.append(bits[:, start : start + n])
-        start += n
-    return out
-
-
-def _whole_mask(module: nn.Module, shape: tuple[int, ...], deterministic: bool):
-    """A keep mask drawn by itself at its own shape (None without dropout).
-
-    For the encoder's final dropout, [batch, length, embed] (T5X does not broadcast it over the
-    length): more words than all the other masks of the stack together. Cut from the stack's
-    draw, it kept 92 MiB a device more live on a TPU (T5 v1.1 base, batch 256 of 512/128, data
-    4 x model 4; docs/scaling.md); drawn at its own shape, all of dropout costs 18 MiB there."""
-    if deterministic or module.config.dropout_rate == 0.0:
-        return None
-    return _keep_mask(_draw_bits(module.make_rng("dropout"), shape), module.config.dropout_rate)
-
-
 class EncoderLayer(nn.Module):
     """Pre-norm self-attention and MLP blocks with residuals."""
 
@@ -684,17 +498,19 @@ class EncoderLayer(nn.Module):
         deterministic: bool,
         dropout_bits: Array | None = None,
     ):
-        """`dropout_bits`: uint32 words for this layer's masks (`_encoder_layer_masks`)."""
+        """`dropout_bits`: uint32 words for this layer's masks (`dropout.encoder_layer_shapes`)."""
         cfg = self.config
-        shapes = _encoder_layer_masks(cfg, inputs.shape[0], inputs.shape[1])
-        attn_keep, keep1, mlp_keep, keep2 = _masks(self, dropout_bits, shapes, deterministic)
+        shapes = drop.encoder_layer_shapes(cfg, inputs.shape[0], inputs.shape[1])
+        attn_keep, keep1, mlp_keep, keep2 = drop.layer_masks(
+            self, dropout_bits, shapes, deterministic
+        )
         rate = cfg.dropout_rate
         x = _norm(cfg, "pre_attention_layer_norm")(inputs)
         x = _attention(cfg, "attention")(x, x, mask, bias, deterministic, dropout_keep=attn_keep)
-        x = _constrain(_dropout(x, keep1, rate) + inputs)
+        x = _constrain(drop.apply(x, keep1, rate) + inputs)
         y = _norm(cfg, "pre_mlp_layer_norm")(x)
         y = _mlp(cfg)(y, deterministic, mlp_keep)
-        return _constrain(_dropout(y, keep2, rate) + x)
+        return _constrain(drop.apply(y, keep2, rate) + x)
 
 
 class DecoderLayer(nn.Module):
@@ -715,10 +531,10 @@ class DecoderLayer(nn.Module):
         dropout_bits: Array | None = None,
         cross_bias: Array | None = None,
     ):
-        """`dropout_bits`: uint32 words for this layer's masks (`_decoder_layer_masks`)."""
+        """`dropout_bits`: uint32 words for this layer's masks (`dropout.decoder_layer_shapes`)."""
         cfg = self.config
-        shapes = _decoder_layer_masks(cfg, inputs.shape[0], inputs.shape[1], encoded.shape[1])
-        masks = _masks(self, dropout_bits, shapes, deterministic)
+        shapes = drop.decoder_layer_shapes(cfg, inputs.shape[0], inputs.shape[1], encoded.shape[1])
+        masks = drop.layer_masks(self, dropout_bits, shapes, deterministic)
         self_keep, keep1, cross_keep, keep2, mlp_keep, keep3 = masks
         if decode:
             self_keep = None  # keys are the cache's; the attention draws its own mask
@@ -727,15 +543,15 @@ class DecoderLayer(nn.Module):
         x = _attention(cfg, "self_attention")(
             x, x, self_mask, bias, deterministic, decode, dropout_keep=self_keep
         )
-        x = _constrain(_dropout(x, keep1, rate) + inputs)
+        x = _constrain(drop.apply(x, keep1, rate) + inputs)
         y = _norm(cfg, "pre_cross_attention_layer_norm")(x)
         y = _attention(cfg, "encoder_decoder_attention")(
             y, encoded, cross_mask, cross_bias, deterministic, dropout_keep=cross_keep
         )
-        y = _constrain(_dropout(y, keep2, rate) + x)
+        y = _constrain(drop.apply(y, keep2, rate) + x)
         z = _norm(cfg, "pre_mlp_layer_norm")(y)
         z = _mlp(cfg)(z, deterministic, mlp_keep)
-        return _constrain(_dropout(z, keep3, rate) + y)
+        return _constrain(drop.apply(z, keep3, rate) + y)
 
 
 def _remat(layer: type[nn.Module], cfg: T5Config, static_argnums: tuple[int, ...]):
@@ -787,20 +603,20 @@ class Encoder(nn.Module):
         bias = _relpos(cfg)(pos, pos, True)
         bias, mask = _mask_bias(mask, bias, cfg), None  # one [b, heads, q, k] for all layers
         b, length = tokens.shape
-        layer_words = _num_words(_encoder_layer_masks(cfg, b, length))
+        layer_words = drop.num_words(drop.encoder_layer_shapes(cfg, b, length))
         n = cfg.num_encoder_layers
-        emb_bits, *layer_bits = _stack_bits(
+        emb_bits, *layer_bits = drop.stack_bits(
             self, b, [cfg.emb_dim, *[layer_words] * n], deterministic
         )
-        emb_keep = _masks(self, emb_bits, [(b, 1, cfg.emb_dim)], deterministic)[0]
-        final_keep = _whole_mask(self, (b, length, cfg.emb_dim), deterministic)
-        x = _dropout(self.shared_embedding(tokens), emb_keep, cfg.dropout_rate)
+        emb_keep = drop.layer_masks(self, emb_bits, [(b, 1, cfg.emb_dim)], deterministic)[0]
+        final_keep = drop.whole_mask(self, (b, length, cfg.emb_dim), deterministic)
+        x = drop.apply(self.shared_embedding(tokens), emb_keep, cfg.dropout_rate)
         x = _constrain(x.astype(_dt(cfg.dtype)))
         layer = _remat(EncoderLayer, cfg, static_argnums=(4,))
         for i in range(n):
             x = layer(cfg, name=f"layers_{i}")(x, mask, bias, deterministic, layer_bits[i])
         x = _norm(cfg, "encoder_norm")(x)
-        return _dropout(x, final_keep, cfg.dropout_rate)  # T5X: not broadcast over length
+        return drop.apply(x, final_keep, cfg.dropout_rate)  # T5X: not broadcast over length
 
 
 class Decoder(nn.Module):
@@ -838,16 +654,16 @@ class Decoder(nn.Module):
         bias, self_mask = _mask_bias(self_mask, bias, cfg), None
         cross_bias, cross_mask = _mask_bias(cross_mask, None, cfg), None
         b, length = tokens.shape
-        layer_words = _num_words(_decoder_layer_masks(cfg, b, length, encoded.shape[1]))
+        layer_words = drop.num_words(drop.decoder_layer_shapes(cfg, b, length, encoded.shape[1]))
         n = cfg.num_decoder_layers
-        emb_bits, *layer_bits, final_bits = _stack_bits(
+        emb_bits, *layer_bits, final_bits = drop.stack_bits(
             self, b, [cfg.emb_dim, *[layer_words] * n, cfg.emb_dim], deterministic
         )
         emb_keep, final_keep = (
-            _masks(self, bits, [(b, 1, cfg.emb_dim)], deterministic)[0]
+            drop.layer_masks(self, bits, [(b, 1, cfg.emb_dim)], deterministic)[0]
             for bits in (emb_bits, final_bits)
         )
-        y = _dropout(self.shared_embedding(tokens), emb_keep, cfg.dropout_rate)
+        y = drop.apply(self.shared_embedding(tokens), emb_keep, cfg.dropout_rate)
         y = _constrain(y.astype(_dt(cfg.dtype)))
         layer = _remat(DecoderLayer, cfg, static_argnums=(6, 7))
         for i in range(n):
@@ -856,7 +672,7 @@ class Decoder(nn.Module):
                 cross_bias,
             )  # fmt: skip
         y = _norm(cfg, "decoder_norm")(y)
-        y = _dropout(y, final_keep, cfg.dropout_rate)
+        y = drop.apply(y, final_keep, cfg.dropout_rate)
         if cfg.logits_via_embedding:
             logits = self.shared_embedding.attend(y) / np.sqrt(y.shape[-1])
         else:
@@ -1009,51 +825,3 @@ class Transformer(nn.Module):
             decode,
             max_decode_length,
         )
-
-
-# ----------------------------------------------------------------------------------------------
-# Sizes
-
-
-def num_params(config: T5Config) -> int:
-    """Number of parameters of the network (what `init` creates)."""
-    d, inner, m = config.emb_dim, config.num_heads * config.head_dim, config.mlp_dim
-    mlp = len(config.mlp_activations) * d * m + m * d
-    relpos = config.num_heads * config.relative_attention_num_buckets
-    enc_layer = 2 * d + 4 * d * inner + mlp
-    dec_layer = 3 * d + 8 * d * inner + mlp
-    logits = 0 if config.logits_via_embedding else d * config.vocab_size
-    return (
-        config.vocab_size * d
-        + relpos + config.num_encoder_layers * enc_layer + d
-        + relpos + config.num_decoder_layers * dec_layer + d + logits
-    )  # fmt: skip
-
-
-def flops_per_example(config: T5Config, enc_len: int, dec_len: int) -> float:
-    """Approximate training matmul FLOPs (forward + backward = 3x forward) for one example.
-
-    Counts every dense projection, the attention score and value products over full (masked)
-    lengths, and the logits; ignores norms, softmax, gathers and the optimizer.
-    """
-    d, inner, m = config.emb_dim, config.num_heads * config.head_dim, config.mlp_dim
-    mlp = 2 * (len(config.mlp_activations) * d * m + m * d)
-    enc_tok = 2 * 4 * d * inner + mlp + 2 * 2 * enc_len * inner
-    dec_tok = (
-        2 * 4 * d * inner + 2 * 2 * dec_len * inner  # self-attention
-        + 2 * 2 * d * inner + 2 * 2 * enc_len * inner  # cross-attention: query, out, scores
-        + mlp
-    )  # fmt: skip
-    cross_kv = 2 * 2 * d * inner  # per encoder token, per decoder layer
-    forward = (
-        enc_len * config.num_encoder_layers * enc_tok
-        + dec_len * config.num_decoder_layers * dec_tok
-        + enc_len * config.num_decoder_layers * cross_kv
-        + dec_len * 2 * d * config.vocab_size
-    )
-    return 3.0 * forward
-
-
-def flops_per_token(config: T5Config, enc_len: int, dec_len: int) -> float:
-    """Training FLOPs per token, tokens counted as enc_len + dec_len (for MFU from tokens/s)."""
-    return flops_per_example(config, enc_len, dec_len) / (enc_len + dec_len)
