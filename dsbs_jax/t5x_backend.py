@@ -33,6 +33,7 @@ from dsbs_jax import weighting as weighting_lib
 from dsbs_jax.data import tasks as tasks_lib
 from dsbs_jax.data import vocab as vocab_lib
 from dsbs_jax.data.features import TASK_IDS, TaskWeightedEncDecFeatureConverter
+from dsbs_jax.train import losses as losses_lib
 
 
 def import_module(module: str | None) -> None:
@@ -154,7 +155,6 @@ except ImportError:  # pragma: no cover - the native trainer needs none of this
 
 
 if _t5x_models is not None:
-    import jax
     import jax.numpy as jnp
     from clu import metrics as clu_metrics
     from t5x import losses as _t5x_losses
@@ -227,7 +227,7 @@ if _t5x_models is not None:
 
         def _task_metrics(self, logits, batch):
             """loss/<task>: mean token cross entropy of each task; tokens/<task>: its count."""
-            ce = _token_cross_entropy(logits, batch["decoder_target_tokens"])
+            ce = losses_lib.token_losses(logits, batch["decoder_target_tokens"])
             out = {}
             for t, name in enumerate(self._task_names, start=1):
                 mask = (batch["decoder_task_ids"] == t).astype(jnp.float32)
@@ -235,9 +235,3 @@ if _t5x_models is not None:
                 out[f"loss/{name}"] = clu_metrics.Average(total=(ce * mask).sum(), count=n)
                 out[f"tokens/{name}"] = clu_metrics.Average(total=n, count=jnp.ones((), jnp.int32))
             return out
-
-    def _token_cross_entropy(logits, targets):
-        """Plain per-token cross entropy (no z-loss), for the per-task metrics."""
-        logits = logits.astype(jnp.float32)
-        log_z = jax.nn.logsumexp(logits, axis=-1)
-        return log_z - jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
