@@ -154,7 +154,9 @@ def t5x_report(network, mesh, rules, float32_logits: bool, topology: str) -> aot
             out_shardings=(param_shardings, opt_shardings, None),
             donate_argnums=(0, 1),
         )  # fmt: skip
-        programs = step_lib.Programs(param_shardings, params, opt_shardings, opt, None, None, step)
+        programs = step_lib.Programs(
+            model, param_shardings, params, opt_shardings, opt, None, None, step
+        )
         config = t5.T5Config(
             **BASE, dtype="bfloat16", float32_attention_logits=float32_logits, dropout_rate=DROPOUT
         )

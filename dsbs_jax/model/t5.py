@@ -92,13 +92,12 @@ REMAT_POLICIES = {
     "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
 
-# 'cpu': hand-written gradients for the gated MLP, the logits layer and the cross-entropy, with
-# wi_0/wi_1 joined into one product (docs/performance.md: faster on CPU). 'plain': the flax
-# network under JAX's autodiff, T5X's shape of computation, which shards cleanly over a
-# ('data', 'model') mesh; the library's default. 'auto' (the model gins' KERNELS): 'cpu' on CPU,
-# 'plain' on TPU and GPU, settled once by the entry point that knows the devices
-# (`resolve_kernels`: the train step and compile by the mesh's platform, eval, predict and the
-# sweep by the mesh they load onto); the network refuses a config still saying 'auto'.
+# 'plain' (the library's default): this network under JAX's autodiff, T5X's shape of computation,
+# which shards cleanly over a ('data', 'model') mesh. 'cpu': the same function with the
+# hand-written backward passes of `cpu_kernels` (faster on CPU, docs/performance.md). 'auto' (the
+# model gins' KERNELS): 'cpu' on CPU, 'plain' on TPU and GPU, settled once where the devices are
+# known (`resolve_kernels`): by `step.build_programs` for the step train runs and compile
+# lowers, by `inference.load_model` for eval and predict. The network refuses 'auto'.
 KERNELS = ("auto", "cpu", "plain")
 
 

@@ -24,7 +24,6 @@ import numpy as np
 from dsbs_jax import errors, weighting
 from dsbs_jax.data import tasks as tasks_lib
 from dsbs_jax.errors import UserError
-from dsbs_jax.model import t5
 from dsbs_jax.train import partitioning, run_dir, trainer
 from dsbs_jax.train import plan as plan_lib
 from dsbs_jax.train import step as step_lib
@@ -251,7 +250,7 @@ def compile_lowered(
         compile_seconds=seconds,
         attention_logits="float32" if model_config.float32_attention_logits else model_config.dtype,
         remat_policy=model_config.remat_policy,
-        kernels=getattr(model_config, "kernels", "plain"),  # T5X's network: plain
+        kernels=model_config.kernels,
         batch_size=batch_size,
         lengths=(enc_len, dec_len),
     )
@@ -330,7 +329,6 @@ def lower_plan(plan: plan_lib.StepPlan, mesh, rules):
 def compile_plan(plan: plan_lib.StepPlan, mesh, rules, topology: str) -> CompileReport:
     """Compiles the planned train step for the TPU slice the mesh lies on, with its figures."""
     programs, lowered = lower_plan(plan, mesh, rules)
-    config = t5.resolve_kernels(plan.model_config, step_lib.mesh_platform(mesh))
     return compile_lowered(
-        lowered, programs, mesh, plan.batch_size, *plan.lengths, topology, config
+        lowered, programs, mesh, plan.batch_size, *plan.lengths, topology, programs.model.config
     )

@@ -48,6 +48,7 @@ def _model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
 class Programs:
     """The jitted programs of a run and the shardings they were built for."""
 
+    model: Any  # the network the step runs, its `kernels` settled for the mesh's platform
     param_shardings: Any
     abstract_params: Any
     opt_shardings: Any
@@ -155,8 +156,9 @@ def build_programs(
     """The parameter and optimizer layouts, and the jitted init, optimizer-init and update-step
     functions (the step is traced on its first call).
 
-    The model's `kernels` 'auto' is settled here by the mesh's platform (the mesh may be a TPU
-    slice compiled for on a CPU host), so the step runs the CPU kernels only on CPU devices."""
+    The one place a run settles the model's `kernels` 'auto': by the mesh's platform (the mesh may
+    be a TPU slice compiled for on a CPU host), so the step runs the CPU kernels only on CPU
+    devices; `Programs.model` is that network, for whatever else the run computes (its eval)."""
     config = t5.resolve_kernels(model.config, mesh_platform(mesh))
     model = model.clone(config=config)
     plain = config.kernels == "plain"
@@ -206,6 +208,7 @@ def build_programs(
         donate_argnums=(0, 1),
     )
     return Programs(
+        model=model,
         param_shardings=param_shardings,
         abstract_params=abstract_params,
         opt_shardings=opt_shardings,

@@ -27,7 +27,7 @@ from clu import metric_writers
 from dsbs_jax import weighting
 from dsbs_jax.data import tasks as tasks_lib
 from dsbs_jax.errors import UserError
-from dsbs_jax.model.t5 import T5Config, Transformer, resolve_kernels
+from dsbs_jax.model.t5 import T5Config
 from dsbs_jax.train import (
     checkpoints,
     evaluation,
@@ -138,13 +138,10 @@ def train(
     log.info("mesh %s over %d devices", dict(mesh.shape), mesh.size)
     is_main = jax.process_index() == 0
     cache = programs if programs is not None else {}
-    # The one place a run settles KERNELS 'auto': by the platform of the devices it runs on.
-    model_config = resolve_kernels(model_config, step_lib.mesh_platform(mesh))
     plan = plan_lib.plan_step(
         mixture_or_task_name, task_feature_lengths, train_steps, batch_size, model_config,
         loss_weighting, z_loss, optimizer, learning_rate_fn, cache,
     )  # fmt: skip
-    model = Transformer(plan.model_config)
     if check_lengths:
         run_dir.check_lengths(mixture_or_task_name, task_feature_lengths, train_split)
 
@@ -171,6 +168,7 @@ def train(
     # The jitted programs depend on the plan and the mesh, not on the seed or the data: runs
     # alike (a sweep's) share them through `programs`, traced and compiled once.
     built = plan_lib.build_step(plan, mesh, rules, cache)
+    model = built.model  # the network the step runs (KERNELS settled for the mesh)
 
     # ---------------------------------------------------------------- state
     with mesh, nn.logical_axis_rules(rules):
