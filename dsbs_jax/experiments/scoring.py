@@ -155,7 +155,7 @@ class KeepBestOnValidationLoss(KeepBestOnValidation):
                 logits = model.apply(
                     {"params": params}, inputs, decoder_inputs, targets, enable_dropout=False
                 )
-                tokens = losses.token_losses(logits, targets, plain=True)
+                tokens = losses.token_losses(logits, targets)
                 real = (targets > 0).astype(tokens.dtype)
                 return (tokens * real).sum() / real.sum()
 
