@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+import dsbs_jax.tasks  # noqa: F401 - registers the tasks
 from dsbs_jax.cli import main
 from dsbs_jax.data import inspection
 from dsbs_jax.data import vocab as vocab_lib

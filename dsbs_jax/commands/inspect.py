@@ -48,6 +48,7 @@ def parse_lengths(text: str) -> dict[str, int]:
 
 def run(args: argparse.Namespace) -> int:
     lengths = parse_lengths(args.sequence_length)
+    import dsbs_jax.tasks  # noqa: F401 - registers the tasks
     from dsbs_jax.data import inspection
 
     result = inspection.inspect_tasks(

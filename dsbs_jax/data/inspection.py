@@ -1,7 +1,8 @@
 """What `dsbs inspect` shows of a task or mixture: its tasks and rates, rendered examples,
 token-length percentiles with the share given lengths would truncate, and the task shares of a
 drawn sample. Reads no terminal or stdin (seqio's own inspect script does, and fails without
-one); the vocabulary must exist (one line saying so when it does not)."""
+one); the vocabulary must exist (one line saying so when it does not). The tasks are the
+registered ones (`import dsbs_jax.tasks` registers every card's)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ from typing import Any
 import numpy as np
 import seqio
 
-import dsbs_jax.tasks  # noqa: F401 - registers the tasks
 from dsbs_jax.data import tasks as tasks_lib
 from dsbs_jax.data.vocab import get_vocabulary
 from dsbs_jax.errors import UserError
