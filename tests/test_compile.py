@@ -15,9 +15,9 @@ import gin  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from dsbs_jax import cli  # noqa: E402
+from dsbs_jax import cli, errors  # noqa: E402
 from dsbs_jax.model import t5  # noqa: E402
-from dsbs_jax.train import aot, losses, optimizers, partitioning  # noqa: E402
+from dsbs_jax.train import aot, gin_utils, losses, optimizers, partitioning, slice_fit  # noqa: E402
 from dsbs_jax.train import plan as plan_lib  # noqa: E402
 
 # Heads, mlp and vocabulary divide by the 'model' axis (4) of the model-parallel mesh gins.
@@ -76,6 +76,20 @@ def test_a_step_that_does_not_fit_exits_2_with_one_line(capsys):
     assert len(message) == 1
     assert " more than the " in message[0] and "TPU v5 lite" in message[0]
     assert "per-device batch of about" in message[0] and "REMAT_POLICY" in message[0]
+
+
+def test_compile_for_slice_from_python():
+    """What `dsbs compile` calls, called from Python under a parsed gin config."""
+    bindings, _ = gin_utils.split_gin_args(SMALL)
+    gin_utils.parse_gin(["models/t5_1_1_tiny.gin", "runs/dsbs.gin"], bindings, (), False)
+    fit = slice_fit.compile_for_slice("v5e:2x2")
+    assert fit.report.devices == 4 and fit.report.topology == "v5e:2x2"
+    assert fit.rules == "standard" and fit.model_config.emb_dim == 64
+    assert fit.advice() is None and fit.as_dict()["rules"] == "standard"
+    assert "v5e:2x2, 4 x TPU v5 lite" in fit.text()
+    gin_utils.parse_gin(["models/t5_1_1_tiny.gin", "runs/dsbs.gin"], bindings, (), False)
+    with pytest.raises(errors.UserError, match="no --topology given"):
+        slice_fit.compile_for_slice(None)
 
 
 def test_unknown_topology_is_one_line(capsys):

@@ -4,10 +4,13 @@ import json
 
 import pytest
 
+import dsbs_jax.tasks  # noqa: F401 - registers the tasks
 from dsbs_jax.cli import main
+from dsbs_jax.data import inspection
 from dsbs_jax.data import vocab as vocab_lib
 from dsbs_jax.data.cards import load_card
 from dsbs_jax.data.prepare import prepare
+from dsbs_jax.errors import UserError
 
 
 @pytest.fixture(scope="module")
@@ -64,3 +67,30 @@ def test_inspect_errors(data_dir, tmp_path, capsys):
     assert main(["inspect", "nope_task", "--data_dir", data_dir]) == 2
     assert main(["inspect", "svamp_label", "--split", "bogus", "--data_dir", data_dir]) == 2
     assert "bogus" in capsys.readouterr().err
+
+
+def test_inspect_tasks_from_python(data_dir):
+    """What `dsbs inspect` calls, from Python: one task's counts, examples and lengths."""
+    r = inspection.inspect_tasks(
+        "svamp_label", "train[:10%]", data_dir=data_dir, examples=2,
+        sequence_length={"inputs": 16, "targets": 64}, max_examples=50,
+    )  # fmt: skip
+    assert r["kind"] == "task" and r["tasks"] == {"svamp_label": 1.0}
+    assert r["vocabulary"].endswith(".model")
+    assert r["counts"]["svamp_label"]["source_records"] == 72  # a tenth of 720
+    assert r["counts"]["svamp_label"]["examples"] == 50  # max_examples
+    assert [set(ex) for ex in r["examples"]["svamp_label"]] == [{"id", "inputs", "targets"}] * 2
+    inputs = r["lengths"]["svamp_label"]["inputs"]
+    assert 16 < inputs["max"] and inputs["truncated"] > 0  # questions are longer than 16 tokens
+    assert r["task_shares"] == {"svamp_label": 1.0} and r["task_shares_sample"] == 0
+    text = inspection.format_report(r)
+    assert text.startswith("svamp_label (task), split train[:10%], vocabulary ")
+    assert "examples of svamp_label:" in text and "task shares" not in text
+    with pytest.raises(UserError, match="no such directory"):
+        inspection.inspect_tasks("svamp_label", data_dir=data_dir + "/nope")
+
+
+def test_length_stats():
+    s = inspection.length_stats([1, 2, 3, 4, 100], limit=3)
+    assert s == {"p50": 3, "p90": 61, "p99": 96, "max": 100, "truncated": 0.4}
+    assert inspection.length_stats([], 5)["truncated"] == 0.0

@@ -1,4 +1,5 @@
-"""What `dsbs train`, `dsbs eval` and `dsbs predict` share: gin files, bindings, the data dir."""
+"""What the gin-configured commands (train, eval, predict, compile, export) share: gin files,
+bindings, the data dir."""
 
 from __future__ import annotations
 
@@ -12,12 +13,18 @@ def setup(args, check_required: bool = True) -> dict[str, str]:
     """Parses the gin files and --gin.NAME=value bindings; returns the keyword arguments that
     the command passes on to the gin-configured function (the data dir, when given).
     `check_required`: an unset %gin.REQUIRED macro is an error (one line naming it)."""
+    files, bindings, paths = gin_args(args)
+    gin_utils.parse_gin(files, bindings, paths, check_required)
+    return {"data_dir": args.tfds_data_dir} if args.tfds_data_dir else {}
+
+
+def gin_args(args) -> tuple[list[str], list[str], list[str]]:
+    """(the --gin_file files, the --gin.NAME=value bindings, the --gin_search_paths folders);
+    any other argument left over is an error."""
     bindings, rest = gin_utils.split_gin_args(args.gin_bindings)
     if rest:
         raise UserError(f"unrecognized arguments: {' '.join(rest)}")
-    paths = [p for p in args.gin_search_paths.split(",") if p]
-    gin_utils.parse_gin(args.gin_file, bindings, paths, check_required)
-    return {"data_dir": args.tfds_data_dir} if args.tfds_data_dir else {}
+    return list(args.gin_file), bindings, [p for p in args.gin_search_paths.split(",") if p]
 
 
 def add_gin_arguments(parser: argparse.ArgumentParser) -> None:

@@ -14,8 +14,10 @@ import os
 import pathlib
 import re
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import gin
+from gin import config_parser
 
 from dsbs_jax.errors import UserError
 
@@ -133,6 +135,26 @@ def _check_macros_used(bindings: Sequence[str]) -> None:
         close = difflib.get_close_matches(name, sorted(used), n=1)
         hint = f"; did you mean --gin.{close[0]}?" if close else ""
         raise UserError(f"--gin.{name}: no gin file or setting uses the macro {name}{hint}")
+
+
+def file_macros(path: str | os.PathLike) -> dict[str, Any]:
+    """The macros a gin file (a run's config.gin) binds, `NAME = value`, as gin's own parser
+    reads them; the process's gin config is left as it is. A value that refers to something
+    (`%OTHER`, `@fn()`) stays gin's reference object. A file gin cannot parse binds nothing."""
+    macros: dict[str, Any] = {}
+    delegate = gin.config.ParserDelegate(skip_unknown=True)
+    try:
+        with open(path) as f:
+            for statement in config_parser.ConfigParser(f, delegate):
+                if (
+                    isinstance(statement, config_parser.BindingStatement)
+                    and not statement.scope
+                    and not statement.arg_name
+                ):
+                    macros[statement.selector] = statement.value
+    except (SyntaxError, ValueError):
+        return {}
+    return macros
 
 
 @contextlib.contextmanager
