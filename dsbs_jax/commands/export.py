@@ -65,7 +65,7 @@ def _native_dir(path: str) -> str | None:
 
 
 def _step_of(params_dir: str | None) -> int:
-    from dsbs_jax.train import run_dir
+    from dsbs_jax import run_dir
 
     return (run_dir.step_of(os.path.dirname(params_dir)) if params_dir else None) or 0
 

@@ -31,9 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from dsbs_jax import atomic
+from dsbs_jax import atomic, run_dir
 from dsbs_jax.errors import UserError
-from dsbs_jax.train import run_dir
 
 CHECKPOINT_FILE = "checkpoint"
 STATE_ITEM = "state"

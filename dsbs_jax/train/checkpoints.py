@@ -15,8 +15,8 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from dsbs_jax import run_dir
 from dsbs_jax.errors import UserError
-from dsbs_jax.train import run_dir
 
 PREFIX = run_dir.CHECKPOINT_PREFIX
 DAMAGED_PREFIX = "damaged_"
