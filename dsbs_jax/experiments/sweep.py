@@ -44,19 +44,6 @@ from dsbs_jax.train import evaluation, gin_utils, trainer
 RUN_GIN = "runs/sweep.gin"
 
 
-def model_gin(name: str) -> str:
-    """The gin file of a model: `quickstart` -> models/quickstart.gin, or a .gin path."""
-    if name.endswith(".gin"):
-        if not os.path.isfile(name):
-            raise UserError(f"--model {name}: no such gin file")
-        return os.path.abspath(name)
-    folder = gin_utils.PACKAGE_GIN_DIR / "models"
-    if not (folder / f"{name}.gin").is_file():
-        known = ", ".join(sorted(p.stem for p in folder.glob("*.gin")))
-        raise UserError(f"--model {name!r}: not a model gin; known: {known}")
-    return f"models/{name}.gin"
-
-
 class CompileTimer:
     """Sums JAX's trace, lowering and XLA-compile durations (jax.monitoring events) while open."""
 
@@ -107,7 +94,7 @@ class Sweep:
         and writes (or, resuming, checks) OUT/sweep.json."""
         cfg = self.cfg
         self.card = load_card(cfg.task)
-        self.model_gin = model_gin(cfg.model)
+        self.model_gin = gin_utils.model_gin(cfg.model)
         tasks_lib.register_card_tasks(self.card, cfg.data_dir, cfg.vocabulary)
         self.dsbs_mixture = tasks_lib.register_dsbs_mixture(self.card.name, cfg.alpha)
         self.vocab = vocab_lib.get_vocabulary(f"{self.card.name}_label")
