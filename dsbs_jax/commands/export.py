@@ -94,7 +94,7 @@ def _model_config(args, kind: str, native: str | None):
     from dsbs_jax.model.t5 import T5Config
 
     if args.gin_file:
-        bindings, rest = gin_utils.split_gin_args(args.gin_bindings)
+        bindings, rest = _gin_command.split_gin_args(args.gin_bindings)
         if rest:
             raise UserError(f"unrecognized arguments: {' '.join(rest)}")
         paths = [p for p in args.gin_search_paths.split(",") if p]

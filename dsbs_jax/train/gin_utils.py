@@ -35,25 +35,6 @@ def model_gin(name: str) -> str:
     return f"models/{name}.gin"
 
 
-def split_gin_args(argv: Sequence[str]) -> tuple[list[str], list[str]]:
-    """Splits `--gin.NAME=value` (and `--gin.NAME value`) out of argv into gin bindings."""
-    bindings, rest = [], []
-    it = iter(argv)
-    for arg in it:
-        if arg.startswith("--gin."):
-            body = arg[len("--gin.") :]
-            if "=" not in body:
-                value = next(it, None)
-                if value is None:
-                    raise UserError(f"{arg}: expected --gin.NAME=value")
-                body = f"{body}={value}"
-            name, value = body.split("=", 1)
-            bindings.append(f"{name} = {value}")
-        else:
-            rest.append(arg)
-    return bindings, rest
-
-
 _REFERENCE = re.compile(r"(^|[\[(,\s])[@%][A-Za-z_]")
 
 
