@@ -37,6 +37,7 @@ from dsbs_jax.experiments import data as data_lib
 from dsbs_jax.experiments import scoring
 from dsbs_jax.experiments.config import Plan, SweepConfig, plan_runs
 from dsbs_jax.model.t5 import T5Config
+from dsbs_jax.names import mixture_or_task_name
 from dsbs_jax.report import results as results_lib
 from dsbs_jax.report.results import SWEEP_FILE
 from dsbs_jax.train import evaluation, gin_utils, trainer
@@ -97,7 +98,7 @@ class Sweep:
         self.model_gin = gin_utils.model_gin(cfg.model)
         tasks_lib.register_card_tasks(self.card, cfg.data_dir, cfg.vocabulary)
         self.dsbs_mixture = tasks_lib.register_dsbs_mixture(self.card.name, cfg.alpha)
-        self.vocab = vocab_lib.get_vocabulary(f"{self.card.name}_label")
+        self.vocab = vocab_lib.get_vocabulary(mixture_or_task_name(self.card.name, "label"))
         self.lengths = cfg.lengths or data_lib.lengths_for(
             self.card.name, cfg.data_dir, self.vocab, self.card
         )

@@ -17,6 +17,7 @@ from dsbs_jax.data import vocab as vocab_lib
 from dsbs_jax.data.text import LABEL_PREFIX, RATIONALE_PREFIX
 from dsbs_jax.errors import UserError, located
 from dsbs_jax.model.t5 import T5Config, Transformer, resolve_kernels
+from dsbs_jax.names import mixture_or_task_name
 from dsbs_jax.progress import Progress
 from dsbs_jax.records import iter_jsonl
 from dsbs_jax.train import checkpoints, checks, evaluation, partitioning
@@ -123,7 +124,7 @@ def predict_file(
     rows = _read_inputs(input_file, card)
     if not rows:
         raise UserError(f"{input_file}: no inputs")
-    name = f"{card.name}_label"
+    name = mixture_or_task_name(card.name, "label")
     tasks_lib.bind_tasks(name, data_dir, vocabulary_path)
     vocab = vocab_lib.get_vocabulary(name)
     model, params, mesh, rules = load_model(
