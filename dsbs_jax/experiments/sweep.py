@@ -21,7 +21,6 @@ import dataclasses
 import json
 import os
 import shutil
-import statistics
 import time
 from collections.abc import Callable
 from typing import Any
@@ -66,17 +65,6 @@ class CompileTimer:
     def take(self) -> dict[str, float]:
         out, self.seconds = self.seconds, {}
         return out
-
-
-def _step_seconds(model_dir: str) -> float | None:
-    """Seconds per step after the first logged window (which holds the compile), from the log."""
-    path = os.path.join(model_dir, "train", "metrics.jsonl")
-    try:
-        rows = [json.loads(line) for line in open(path, encoding="utf-8") if line.strip()]
-    except OSError:
-        return None
-    rates = [r["steps_per_second"] for r in rows[1:] if r.get("steps_per_second")]
-    return 1.0 / statistics.median(rates) if rates else None
 
 
 class Sweep:
@@ -233,7 +221,7 @@ class Sweep:
                 result = trainer.train(data_dir=self.cfg.data_dir, hooks=hooks, programs=self.cache)
             seconds = time.perf_counter() - t0
             compile_s = sum(timer.take().values())
-        per_step = _step_seconds(model_dir)
+        per_step = result.step_seconds
         steps_s = per_step * plan.steps if per_step else None
         timing = {  # seconds: training (of which steps, and compiling), then test scoring
             "train": round(seconds - score.seconds, 3),

@@ -44,13 +44,16 @@ log = logging.getLogger("dsbs.train")
 
 @dataclasses.dataclass
 class TrainResult:
-    """What a run ended with: its last step, last metrics and the final evaluation."""
+    """What a run ended with: its last step, last metrics and the final evaluation, and how
+    fast it stepped (`step_seconds`: seconds per step after its first logged window, which
+    holds the compile; None when it logged fewer than two windows)."""
 
     step: int
     train_metrics: dict[str, float]
     eval_metrics: dict[str, float]
     test_metrics: dict[str, float]
     model_dir: str
+    step_seconds: float | None = None
 
 
 def settings_from_gin() -> dict:
@@ -257,10 +260,11 @@ def train(
 
     os.makedirs(os.path.join(model_dir, "train"), exist_ok=True)
     metrics_path = os.path.join(model_dir, run_dir.METRICS_FILE) if is_main else None
+    log_metrics = hooks_lib.LogMetrics(writer("train"), log_every, metrics_path)
     state.hooks = [
         *([hooks_lib.Evaluate(eval_split, eval_period, evaluate)] if eval_period else []),
         *hooks,
-        hooks_lib.LogMetrics(writer("train"), log_every, metrics_path),
+        log_metrics,
         hooks_lib.SaveCheckpoints(ckpt, log_every, random_seed),
         *([hooks_lib.Evaluate(test_split, 0, evaluate, at_end_only=True)] if test_split else []),
     ]
@@ -306,5 +310,10 @@ def train(
                 ckpt.close()
     eval_writer.flush()
     return TrainResult(
-        state.step, state.train_metrics, state.eval_metrics, state.test_metrics, model_dir
+        state.step,
+        state.train_metrics,
+        state.eval_metrics,
+        state.test_metrics,
+        model_dir,
+        log_metrics.step_seconds(),
     )
