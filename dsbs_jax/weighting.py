@@ -25,7 +25,6 @@ import seqio
 from dsbs_jax.errors import UserError
 
 WEIGHTINGS = ("exact", "sampling")
-DEFAULT_ALPHA = 0.5
 
 
 def check_weighting(weighting: str) -> None:

@@ -10,9 +10,9 @@ import pytest
 from dsbs_jax.builtin import arith
 from dsbs_jax.data import sources
 from dsbs_jax.data.cards import load_card
+from dsbs_jax.data.parse import parse_output
 from dsbs_jax.records import OK
 from dsbs_jax.teacher import prompts
-from dsbs_jax.teacher.parse import parse_output
 
 CARD = load_card("arith")
 _EQ = re.compile(r"(\d+) ([-+*/]) (\d+) = (\d+)")

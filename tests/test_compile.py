@@ -16,6 +16,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from dsbs_jax import cli, errors  # noqa: E402
+from dsbs_jax.commands import _gin_command  # noqa: E402
 from dsbs_jax.model import t5  # noqa: E402
 from dsbs_jax.train import aot, gin_utils, losses, optimizers, partitioning, slice_fit  # noqa: E402
 from dsbs_jax.train import plan as plan_lib  # noqa: E402
@@ -80,7 +81,7 @@ def test_a_step_that_does_not_fit_exits_2_with_one_line(capsys):
 
 def test_compile_for_slice_from_python():
     """What `dsbs compile` calls, called from Python under a parsed gin config."""
-    bindings, _ = gin_utils.split_gin_args(SMALL)
+    bindings, _ = _gin_command.split_gin_args(SMALL)
     gin_utils.parse_gin(["models/t5_1_1_tiny.gin", "runs/dsbs.gin"], bindings, (), False)
     fit = slice_fit.compile_for_slice("v5e:2x2")
     assert fit.report.devices == 4 and fit.report.topology == "v5e:2x2"

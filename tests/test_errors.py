@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from dsbs_jax import cli
-from dsbs_jax.train import run_dir
+from dsbs_jax import cli, run_dir
+from dsbs_jax.train import checks
 
 TRAIN = [
     "train",
@@ -270,12 +270,12 @@ def test_lengths_that_cut_some_examples_say_how_many(capsys):
     import dsbs_jax.data.toy  # noqa: F401  (registers toy_reverse)
 
     task = seqio.get_mixture_or_task("toy_reverse")
-    run_dir.check_lengths_fit([task], {"inputs": 14, "targets": 12}, "train", limit=50)
+    checks.check_lengths_fit([task], {"inputs": 14, "targets": 12}, "train", limit=50)
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 1 and out[0].startswith("toy_reverse: "), out
     cut = int(out[0].split()[1])
     assert 0 < cut < 50 and "of 50 train examples checked have inputs longer than" in out[0]
-    run_dir.check_lengths_fit([task], {"inputs": 24, "targets": 12}, "train", limit=50)
+    checks.check_lengths_fit([task], {"inputs": 24, "targets": 12}, "train", limit=50)
     assert capsys.readouterr().out == ""
 
 

@@ -1,4 +1,4 @@
-"""`interop/export`: what `dsbs export` calls, from Python (no `transformers` needed)."""
+"""`train/export`: what `dsbs export` calls, from Python (no `transformers` needed)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pytest
 from random_params import random_params
 
 from dsbs_jax.errors import UserError
-from dsbs_jax.interop import export, t5x
+from dsbs_jax.interop import t5x
 from dsbs_jax.model.t5 import T5Config
-from dsbs_jax.train import checkpoints, gin_utils
+from dsbs_jax.train import checkpoints, export, gin_utils
 
 # t5_1_1_tiny.gin's sizes, with a vocabulary of 96 that only the checkpoint knows.
 TINY = dict(emb_dim=32, num_heads=2, head_dim=16, num_encoder_layers=2, num_decoder_layers=2,

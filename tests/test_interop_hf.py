@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from random_params import random_params
 
+from dsbs_jax.data.text import EOS_ID
 from dsbs_jax.errors import UserError
 from dsbs_jax.interop import hf, safetensors_io
 from dsbs_jax.model.decode import greedy_decode
@@ -104,7 +105,7 @@ def test_hf_to_ours(tmp_path, name, kw, safe):
     diff = np.abs(_our_logits(config, params, enc, dec) - _hf_logits(model, enc, dec)).max()
     assert diff < TOL, f"{name}: HF->ours max |logit diff| {diff}"
     if name == "v1_1":  # greedy decoding is the same code for every layout: one is enough
-        ours = np.asarray(greedy_decode(Transformer(config), params, jnp.asarray(enc), 10))
+        ours = np.asarray(greedy_decode(Transformer(config), params, jnp.asarray(enc), 10, EOS_ID))
         np.testing.assert_array_equal(ours, _hf_greedy(model, enc, 10))
         assert (ours > 1).sum() > 10  # the decodes say something
 
@@ -125,7 +126,7 @@ def test_ours_to_hf(tmp_path, tied):
     diff = np.abs(_our_logits(config, params, enc, dec) - _hf_logits(model, enc, dec)).max()
     assert diff < TOL, f"ours->HF max |logit diff| {diff}"
     if not tied:
-        ours = np.asarray(greedy_decode(Transformer(config), params, jnp.asarray(enc), 10))
+        ours = np.asarray(greedy_decode(Transformer(config), params, jnp.asarray(enc), 10, EOS_ID))
         np.testing.assert_array_equal(ours, _hf_greedy(model, enc, 10))
 
 

@@ -16,6 +16,7 @@ from random_params import random_params
 from dsbs_jax import interop
 from dsbs_jax.errors import UserError
 from dsbs_jax.interop import t5x
+from dsbs_jax.model import attention_layout
 from dsbs_jax.model.t5 import T5Config, Transformer
 from dsbs_jax.train import checkpoints, partitioning
 
@@ -144,3 +145,14 @@ def test_not_a_checkpoint(tmp_path, params):
     assert interop.load_any(str(tmp_path), params) is None
     with pytest.raises(UserError, match="not a dsbs-jax, T5X or Hugging Face checkpoint"):
         checkpoints.load_params(str(tmp_path), _abstract(partitioning.make_mesh()))
+
+
+def test_attention_layout_is_one_rule_both_ways():
+    for proj, ours, t5x_shape in (("query", (8, 2, 4), (8, 8)), ("out", (2, 4, 8), (8, 8))):
+        assert attention_layout.joined_shape(proj, ours) == t5x_shape
+        assert attention_layout.split_shape(proj, t5x_shape, heads=2) == ours
+        kernel = np.arange(64).reshape(ours)
+        assert (t5x._from_joined(t5x._to_joined(kernel, 2, proj), 2, proj) == kernel).all()
+    assert attention_layout.joined_shape("wi", (8, 2, 4)) == (8, 2, 4)  # not an attention kernel
+    assert attention_layout.joined_spec("key", ("data", None, "model")) == ("data", "model")
+    assert attention_layout.joined_spec("out", ("model", None)) == ("model", None)

@@ -221,13 +221,13 @@ def test_same_seed_same_examples_other_seed_differs(corpus):
 
 
 def test_trainer_length_check_reads_the_task(corpus):
-    from dsbs_jax.train import run_dir
+    from dsbs_jax.train import checks
 
     task = _task(corpus)
     said = []
-    run_dir.check_lengths_fit([task], LENGTHS, "train", say=said.append)
+    checks.check_lengths_fit([task], LENGTHS, "train", say=said.append)
     assert said == []
-    run_dir.check_lengths_fit([task], {"inputs": 64, "targets": 10}, "train", say=said.append)
+    checks.check_lengths_fit([task], {"inputs": 64, "targets": 10}, "train", say=said.append)
     assert len(said) == 1 and "have targets longer than TASK_FEATURE_LENGTHS" in said[0]
 
 

@@ -18,6 +18,7 @@ from dsbs_jax.data.cards import load_card
 from dsbs_jax.data.prepare import prepare
 from dsbs_jax.data.tasks import register_card_tasks, register_dsbs_mixture
 from dsbs_jax.errors import UserError
+from dsbs_jax.names import mixture_or_task_name
 from dsbs_jax.weighting import tasks_and_rates
 
 LENGTHS = {"inputs": 256, "targets": 128}
@@ -76,6 +77,19 @@ def test_read_back_in_fresh_process(svamp_dir):
         "validation": 80,
         "test": 200,
     }
+
+
+def test_names_come_from_their_parts():
+    assert mixture_or_task_name("cqa", "gold_label") == "cqa_gold_label"
+    assert mixture_or_task_name("cqa", "distill") == "cqa_distill"
+    assert mixture_or_task_name("cqa", "dsbs") == mixture_or_task_name("cqa", "dsbs", 0.5)
+    assert mixture_or_task_name("cqa", "dsbs", 0.5) == "cqa_dsbs"
+    assert mixture_or_task_name("cqa", "dsbs", 0.7) == "cqa_dsbs_a70"
+    assert mixture_or_task_name("cqa", "dsbs", 0.125) == "cqa_dsbs_a12p5"
+    with pytest.raises(ValueError):
+        mixture_or_task_name("cqa", "labels")
+    with pytest.raises(ValueError):
+        mixture_or_task_name("cqa", "label", 0.5)
 
 
 def test_label_targets_teacher_on_train_gold_elsewhere(svamp_dir):

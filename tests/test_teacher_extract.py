@@ -8,7 +8,6 @@ import pathlib
 import subprocess
 import sys
 import time
-import types
 
 import pytest
 from loopback_server import ScriptedServer, last_query
@@ -19,6 +18,7 @@ from dsbs_jax.data.sources import read_released
 from dsbs_jax.errors import UserError
 from dsbs_jax.metrics import label_correct
 from dsbs_jax.records import read_records
+from dsbs_jax.teacher.backends import simulated
 from dsbs_jax.teacher.cache import RequestCache
 from dsbs_jax.teacher.consistency import majority
 
@@ -269,9 +269,7 @@ def test_simulated_backend_adapts_the_builtin_teacher(tmp_path, monkeypatch):
         total = fields["a"] + fields["b"] + (1 if slip else 0)
         return f"{fields['a']} + {fields['b']} = {total}. The answer is ({total}).\n\nQ: What"
 
-    fake = types.ModuleType("dsbs_jax.builtin.arith")
-    fake.simulate_teacher = simulate_teacher
-    monkeypatch.setitem(sys.modules, "dsbs_jax.builtin.arith", fake)
+    monkeypatch.setattr(simulated, "simulate_teacher", simulate_teacher)
     base = ["teach", str(card), "--source_dir", str(tmp_path), "--no_progress"]
     assert main([*base, "--out", str(tmp_path / "o1")]) == 0
     assert main([*base, "--out", str(tmp_path / "o2"), "--backend", "simulated"]) == 0
@@ -281,9 +279,6 @@ def test_simulated_backend_adapts_the_builtin_teacher(tmp_path, monkeypatch):
     assert all(r.ok for r in r1)
     right = [label_correct(r.teacher_label, r.gold_label, "equation_value") for r in r1]
     assert 0 < sum(right) < 6  # the slips came through the parser as wrong labels
-
-    monkeypatch.setitem(sys.modules, "dsbs_jax.builtin.arith", None)  # the module is missing
-    assert main([*base, "--out", str(tmp_path / "o3")]) == 2
 
 
 def test_simulated_backend_refuses_other_cards(tmp_path, capsys):

@@ -8,9 +8,9 @@ import pytest
 
 from dsbs_jax.cli import main
 from dsbs_jax.data.cards import load_card
+from dsbs_jax.data.parse import parse_output
 from dsbs_jax.errors import UserError
 from dsbs_jax.metrics import label_correct
-from dsbs_jax.teacher.parse import parse_output
 from dsbs_jax.teacher.prompts import (
     build_prompt,
     exemplar_continuation,

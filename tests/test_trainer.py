@@ -66,9 +66,9 @@ def _run(model_dir, mesh, steps=5, optimizer_override=None, **kw):
 
 def test_meshes_match_one_device_and_really_shard(tmp_path):
     assert jax.device_count() == 8
-    one = _losses(
-        _run(tmp_path / "one", partitioning.make_mesh(devices=jax.devices()[:1])).model_dir
-    )
+    result = _run(tmp_path / "one", partitioning.make_mesh(devices=jax.devices()[:1]))
+    one = _losses(result.model_dir)
+    assert result.step_seconds > 0  # from this run's logged windows after the first
     dp = _losses(_run(tmp_path / "dp", partitioning.make_mesh(num_partitions=1)).model_dir)
     mp = _losses(_run(tmp_path / "mp", partitioning.make_mesh(num_partitions=4)).model_dir)
     assert sorted(one) == [1, 2, 3, 4, 5]

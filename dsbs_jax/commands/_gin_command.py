@@ -4,9 +4,37 @@ bindings, the data dir."""
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 
 from dsbs_jax.errors import UserError
 from dsbs_jax.train import gin_utils
+
+
+def split_gin_args(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Splits `--gin.NAME=value` (and `--gin.NAME value`) out of argv into gin bindings."""
+    bindings, rest = [], []
+    it = iter(argv)
+    for arg in it:
+        if arg.startswith("--gin."):
+            body = arg[len("--gin.") :]
+            if "=" not in body:
+                value = next(it, None)
+                if value is None:
+                    raise UserError(f"{arg}: expected --gin.NAME=value")
+                body = f"{body}={value}"
+            name, value = body.split("=", 1)
+            bindings.append(f"{name} = {value}")
+        else:
+            rest.append(arg)
+    return bindings, rest
+
+
+def gin_bindings(args) -> list[str]:
+    """The command's --gin.NAME=value bindings as gin lines; anything else left over is an error."""
+    bindings, rest = split_gin_args(args.gin_bindings)
+    if rest:
+        raise UserError(f"unrecognized arguments: {' '.join(rest)}")
+    return bindings
 
 
 def setup(args, check_required: bool = True) -> dict[str, str]:
@@ -21,10 +49,8 @@ def setup(args, check_required: bool = True) -> dict[str, str]:
 def gin_args(args) -> tuple[list[str], list[str], list[str]]:
     """(the --gin_file files, the --gin.NAME=value bindings, the --gin_search_paths folders);
     any other argument left over is an error."""
-    bindings, rest = gin_utils.split_gin_args(args.gin_bindings)
-    if rest:
-        raise UserError(f"unrecognized arguments: {' '.join(rest)}")
-    return list(args.gin_file), bindings, [p for p in args.gin_search_paths.split(",") if p]
+    paths = [p for p in args.gin_search_paths.split(",") if p]
+    return list(args.gin_file), gin_bindings(args), paths
 
 
 def add_gin_arguments(parser: argparse.ArgumentParser) -> None:

@@ -12,7 +12,7 @@ VOCABULARY_PATH, else $DSBS_VOCAB, else the vocabulary the run trained with: the
 or the MIXTURE_OR_TASK_NAME in MODEL_DIR/config.gin, its data under --tfds_data_dir or
 $DSBS_DATA_DIR). `--format t5x` writes MODEL_DIR/checkpoint_<step>/ in
 T5X's msgpack + tensorstore layout (or `--t5x_layout orbax`).
-The work is `dsbs_jax.interop.export.export`.
+The work is `dsbs_jax.train.export.export`.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     gin_files, bindings, search_paths = _gin_command.gin_args(args)
-    from dsbs_jax.interop import export
+    from dsbs_jax.train import export
 
     result = export.export(
         args.checkpoint, args.out, format=args.format, gin_files=gin_files,

@@ -9,7 +9,7 @@ it prints the final loss, the checkpoint to start students from, and the through
 
 from __future__ import annotations
 
-from dsbs_jax.errors import UserError
+from dsbs_jax.commands import _gin_command
 
 ACCEPTS_GIN_BINDINGS = True
 
@@ -44,12 +44,9 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from dsbs_jax.train import gin_utils
     from dsbs_jax.train import pretrain as pretrain_lib
 
-    bindings, rest = gin_utils.split_gin_args(args.gin_bindings)
-    if rest:
-        raise UserError(f"unrecognized arguments: {' '.join(rest)}")
+    bindings = _gin_command.gin_bindings(args)
     result = pretrain_lib.pretrain(
         args.model_dir,
         args.vocabulary,

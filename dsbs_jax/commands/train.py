@@ -9,16 +9,25 @@ ACCEPTS_GIN_BINDINGS = True
 
 def add_arguments(parser) -> None:
     _gin_command.add_gin_arguments(parser)
-    from dsbs_jax.train import multihost
-
-    multihost.add_arguments(parser)
+    group = parser.add_argument_group("multi-host (one process per host)")
+    group.add_argument(
+        "--multihost",
+        action="store_true",
+        help="call jax.distributed.initialize() first (coordinator from the flags below, "
+        "DSBS_COORDINATOR/DSBS_NUM_PROCESSES/DSBS_PROCESS_ID, SLURM, or a TPU VM)",
+    )
+    group.add_argument("--coordinator_address", default=None, help="HOST:PORT of process 0")
+    group.add_argument("--num_processes", type=int, default=None, help="processes in the job")
+    group.add_argument("--process_id", type=int, default=None, help="this process's index")
 
 
 def run(args) -> int:
-    from dsbs_jax.train import multihost
+    from dsbs_jax.train import multihost, trainer
 
-    multihost.initialize_from_args(args)
-    from dsbs_jax.train import trainer
+    # jax.distributed.initialize() when --multihost or any coordinator flag was given.
+    flags = (args.coordinator_address, args.num_processes, args.process_id)
+    if args.multihost or any(f is not None for f in flags):
+        multihost.initialize(*flags)
 
     kwargs = _gin_command.setup(args)
     result = trainer.train(**kwargs)

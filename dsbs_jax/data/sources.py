@@ -16,9 +16,9 @@ import re
 from typing import Any
 
 from dsbs_jax.data.cards import TaskCard
+from dsbs_jax.data.parse import parse_output
 from dsbs_jax.errors import UserError, located
 from dsbs_jax.records import EMPTY_RATIONALE, NO_TEACHER, OK, UNKNOWN_LABEL, Record, iter_jsonl
-from dsbs_jax.teacher.parse import parse_output
 
 _COT_FILE = re.compile(r"^(?P<split>.+)_CoT_(?P<index>\d+)\.json$")
 

@@ -6,8 +6,9 @@ For a dataset DS (a card), `register_card_tasks` registers:
 - `DS_rationale`: `explain: <input>` -> the teacher rationale on every split; no metric.
 - `DS_gold_label`: `predict: <input>` -> the gold label on every split; metric from the card.
 - mixtures `DS_dsbs` (label at alpha = 0.5, rationale at 0.5), `DS_dsbs_a10` ... `DS_dsbs_a90`
-  (see `register_dsbs_mixture`), `DS_finetune` (gold labels alone), `DS_distill` (teacher labels
-  alone).
+  (see `register_dsbs_mixture`; alpha 0.5 is `DS_dsbs`), `DS_finetune` (gold labels alone),
+  `DS_distill` (teacher labels alone).
+The names are made in one place, `dsbs_jax.names.mixture_or_task_name`.
 Examples whose teacher output did not parse (status != "ok") are dropped from the teacher tasks
 where teacher output is used (label on train, rationale everywhere); `dsbs stats` counts them.
 
@@ -35,7 +36,8 @@ from dsbs_jax.data.cards import TaskCard, load_card
 from dsbs_jax.data.text import LABEL_PREFIX, RATIONALE_PREFIX
 from dsbs_jax.data.vocab import EXTRA_IDS, LazyVocabulary
 from dsbs_jax.errors import UserError
-from dsbs_jax.weighting import DEFAULT_ALPHA, dsbs_rates
+from dsbs_jax.names import DEFAULT_ALPHA, mixture_or_task_name
+from dsbs_jax.weighting import dsbs_rates
 
 DEFAULT_ALPHAS = tuple(a / 10 for a in range(1, 10))
 KEPT_FEATURES = ("id", "task")
@@ -180,18 +182,11 @@ def _add_mixture(name: str, tasks: list[tuple[str, float]]) -> None:
     seqio.MixtureRegistry.add(name, tasks)
 
 
-def dsbs_mixture_name(dataset: str, alpha: float) -> str:
-    """`DS_dsbs` for alpha 0.5, else `DS_dsbs_a80` (alpha 0.8), `DS_dsbs_a12p5` (0.125)."""
-    if abs(alpha - DEFAULT_ALPHA) < 1e-9:
-        return f"{dataset}_dsbs"
-    return f"{dataset}_dsbs_a{alpha * 100:g}".replace(".", "p")
-
-
 def register_dsbs_mixture(dataset: str, alpha: float) -> str:
     """Registers `DS_dsbs[_aNN]`: DS_label at rate alpha, DS_rationale at 1 - alpha."""
-    label_rate, rationale_rate = dsbs_rates(alpha)
-    name = dsbs_mixture_name(dataset, alpha)
-    _add_mixture(name, [(f"{dataset}_label", label_rate), (f"{dataset}_rationale", rationale_rate)])
+    name = mixture_or_task_name(dataset, "dsbs", alpha)
+    parts = [mixture_or_task_name(dataset, kind) for kind in ("label", "rationale")]
+    _add_mixture(name, list(zip(parts, dsbs_rates(alpha))))
     return name
 
 
@@ -223,18 +218,21 @@ def register_card_tasks(
     source = DsbsTfdsSource(ds, data_dir)
     vocab = task_vocabulary(ds, data_dir, vocabulary_path)
     label_metric = [metrics.seqio_metric(card.metric)]
-    _add_task(f"{ds}_label", source, "label", vocab, label_metric)
-    _add_task(f"{ds}_rationale", source, "rationale", vocab, [])
-    _add_task(f"{ds}_gold_label", source, "gold_label", vocab, label_metric)
-    names = [f"{ds}_label", f"{ds}_rationale", f"{ds}_gold_label"]
+    names = []
+    for kind, metric_fns in (
+        ("label", label_metric),
+        ("rationale", []),
+        ("gold_label", label_metric),
+    ):
+        names.append(mixture_or_task_name(ds, kind))
+        _add_task(names[-1], source, kind, vocab, metric_fns)
     names.append(register_dsbs_mixture(ds, DEFAULT_ALPHA))
-    for alpha in DEFAULT_ALPHAS:  # DS_dsbs_a10 ... DS_dsbs_a90 (DS_dsbs_a50 is DS_dsbs)
-        name = f"{ds}_dsbs_a{round(alpha * 100)}"
-        _add_mixture(name, list(zip((f"{ds}_label", f"{ds}_rationale"), dsbs_rates(alpha))))
-        names.append(name)
-    _add_mixture(f"{ds}_finetune", [(f"{ds}_gold_label", 1.0)])
-    _add_mixture(f"{ds}_distill", [(f"{ds}_label", 1.0)])
-    names += [f"{ds}_finetune", f"{ds}_distill"]
+    for alpha in DEFAULT_ALPHAS:  # DS_dsbs_a10 ... DS_dsbs_a90, but for 0.5: DS_dsbs
+        if mixture_or_task_name(ds, "dsbs", alpha) not in names:
+            names.append(register_dsbs_mixture(ds, alpha))
+    for kind, task in (("finetune", "gold_label"), ("distill", "label")):
+        names.append(mixture_or_task_name(ds, kind))
+        _add_mixture(names[-1], [(mixture_or_task_name(ds, task), 1.0)])
     return names
 
 

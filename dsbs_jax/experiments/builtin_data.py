@@ -11,6 +11,15 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
+from dsbs_jax.builtin import arith
+from dsbs_jax.data.cards import load_card
+from dsbs_jax.data.prepare import prepare
+from dsbs_jax.data.sources import read_jsonl
+from dsbs_jax.data.vocab import train_vocab
+from dsbs_jax.teacher.backends.base import SamplingParams
+from dsbs_jax.teacher.backends.simulated import SimulatedBackend
+from dsbs_jax.teacher.extract import extract
+
 
 def train_bpe_vocab(
     dataset: str, data_dir: str, vocab_size: int = 600, out_path: str | None = None
@@ -22,8 +31,6 @@ def train_bpe_vocab(
     BPE keeps whole words, and the digits split, so the student reads numbers digit by digit.
     One thread: the same model on every run.
     """
-    from dsbs_jax.data.vocab import train_vocab
-
     return train_vocab(dataset, data_dir, vocab_size, out_path, model_type="bpe", num_threads=1)
 
 
@@ -36,14 +43,6 @@ def make_builtin_data(
     log: Callable[[str], None] = print,
 ) -> tuple[str, dict[str, float]]:
     """Writes OUT/source, OUT/teach and OUT/data; returns (data_dir, teacher accuracy by split)."""
-    from dsbs_jax.builtin import arith
-    from dsbs_jax.data.cards import load_card
-    from dsbs_jax.data.prepare import prepare
-    from dsbs_jax.data.sources import read_jsonl
-    from dsbs_jax.teacher.backends.base import SamplingParams
-    from dsbs_jax.teacher.backends.simulated import SimulatedBackend
-    from dsbs_jax.teacher.extract import extract
-
     card = load_card("arith")
     source = os.path.join(out_dir, "source")
     teach = os.path.join(out_dir, "teach")

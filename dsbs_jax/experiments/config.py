@@ -17,6 +17,7 @@ import dataclasses
 from typing import Any
 
 from dsbs_jax.errors import UserError
+from dsbs_jax.names import mixture_or_task_name
 
 METHODS = ("finetune", "distill", "distill_matched", "dsbs")
 
@@ -134,9 +135,9 @@ def plan_runs(
                 steps, pack = cfg.steps, False
                 target, inputs = lengths["labels"], lengths["inputs"]
                 if method == "finetune":
-                    mixture = f"{dataset}_finetune"
+                    mixture = mixture_or_task_name(dataset, "finetune")
                 elif method in ("distill", "distill_matched"):
-                    mixture = f"{dataset}_distill"
+                    mixture = mixture_or_task_name(dataset, "distill")
                     steps = 2 * cfg.steps if method == "distill_matched" else cfg.steps
                 else:
                     # Both tasks of an example are adjacent in the stream (exact weighting), so a

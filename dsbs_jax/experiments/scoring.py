@@ -26,10 +26,11 @@ from clu import metric_writers
 from dsbs_jax import atomic, metrics
 from dsbs_jax.data import text as text_lib
 from dsbs_jax.data.cards import TaskCard
+from dsbs_jax.data.parse import parse_output
 from dsbs_jax.data.text import LABEL_PREFIX, RATIONALE_PREFIX
+from dsbs_jax.names import mixture_or_task_name
 from dsbs_jax.progress import Progress
 from dsbs_jax.records import OK
-from dsbs_jax.teacher.parse import parse_output
 from dsbs_jax.train import evaluation, losses
 from dsbs_jax.train.hooks import Hook, RunState
 
@@ -92,7 +93,7 @@ def _evaluate(
 
 def gold_task(card: TaskCard) -> str:
     """The task a sweep scores: `predict: <input>` against the gold label, the card's metric."""
-    return f"{card.name}_gold_label"
+    return mixture_or_task_name(card.name, "gold_label")
 
 
 class KeepBestOnValidation(Hook):

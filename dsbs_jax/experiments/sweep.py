@@ -21,7 +21,6 @@ import dataclasses
 import json
 import os
 import shutil
-import statistics
 import time
 from collections.abc import Callable
 from typing import Any
@@ -37,24 +36,12 @@ from dsbs_jax.experiments import data as data_lib
 from dsbs_jax.experiments import scoring
 from dsbs_jax.experiments.config import Plan, SweepConfig, plan_runs
 from dsbs_jax.model.t5 import T5Config
+from dsbs_jax.names import mixture_or_task_name
 from dsbs_jax.report import results as results_lib
 from dsbs_jax.report.results import SWEEP_FILE
 from dsbs_jax.train import evaluation, gin_utils, trainer
 
 RUN_GIN = "runs/sweep.gin"
-
-
-def model_gin(name: str) -> str:
-    """The gin file of a model: `quickstart` -> models/quickstart.gin, or a .gin path."""
-    if name.endswith(".gin"):
-        if not os.path.isfile(name):
-            raise UserError(f"--model {name}: no such gin file")
-        return os.path.abspath(name)
-    folder = gin_utils.PACKAGE_GIN_DIR / "models"
-    if not (folder / f"{name}.gin").is_file():
-        known = ", ".join(sorted(p.stem for p in folder.glob("*.gin")))
-        raise UserError(f"--model {name!r}: not a model gin; known: {known}")
-    return f"models/{name}.gin"
 
 
 class CompileTimer:
@@ -80,17 +67,6 @@ class CompileTimer:
         return out
 
 
-def _step_seconds(model_dir: str) -> float | None:
-    """Seconds per step after the first logged window (which holds the compile), from the log."""
-    path = os.path.join(model_dir, "train", "metrics.jsonl")
-    try:
-        rows = [json.loads(line) for line in open(path, encoding="utf-8") if line.strip()]
-    except OSError:
-        return None
-    rates = [r["steps_per_second"] for r in rows[1:] if r.get("steps_per_second")]
-    return 1.0 / statistics.median(rates) if rates else None
-
-
 class Sweep:
     """Plans, runs (resumably) and records one sweep. `setup()` first, then `run_plans`."""
 
@@ -107,10 +83,10 @@ class Sweep:
         and writes (or, resuming, checks) OUT/sweep.json."""
         cfg = self.cfg
         self.card = load_card(cfg.task)
-        self.model_gin = model_gin(cfg.model)
+        self.model_gin = gin_utils.model_gin(cfg.model)
         tasks_lib.register_card_tasks(self.card, cfg.data_dir, cfg.vocabulary)
         self.dsbs_mixture = tasks_lib.register_dsbs_mixture(self.card.name, cfg.alpha)
-        self.vocab = vocab_lib.get_vocabulary(f"{self.card.name}_label")
+        self.vocab = vocab_lib.get_vocabulary(mixture_or_task_name(self.card.name, "label"))
         self.lengths = cfg.lengths or data_lib.lengths_for(
             self.card.name, cfg.data_dir, self.vocab, self.card
         )
@@ -245,7 +221,7 @@ class Sweep:
                 result = trainer.train(data_dir=self.cfg.data_dir, hooks=hooks, programs=self.cache)
             seconds = time.perf_counter() - t0
             compile_s = sum(timer.take().values())
-        per_step = _step_seconds(model_dir)
+        per_step = result.step_seconds
         steps_s = per_step * plan.steps if per_step else None
         timing = {  # seconds: training (of which steps, and compiling), then test scoring
             "train": round(seconds - score.seconds, 3),

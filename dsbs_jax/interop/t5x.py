@@ -31,9 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from dsbs_jax import atomic
+from dsbs_jax import atomic, run_dir
 from dsbs_jax.errors import UserError
-from dsbs_jax.train import run_dir
+from dsbs_jax.model import attention_layout
 
 CHECKPOINT_FILE = "checkpoint"
 STATE_ITEM = "state"
@@ -70,19 +70,11 @@ def _map_attention(params: Params, fn) -> Params:
 
 
 def _from_joined(kernel: np.ndarray, heads: int, proj: str) -> np.ndarray:
-    if kernel.ndim == 3:  # already [embed, heads, head_dim] / [heads, head_dim, embed]
-        return kernel
-    if proj == "out":  # [heads * head_dim, embed] -> [heads, head_dim, embed]
-        return kernel.reshape(heads, kernel.shape[0] // heads, kernel.shape[1])
-    return kernel.reshape(kernel.shape[0], heads, kernel.shape[1] // heads)
+    return kernel.reshape(attention_layout.split_shape(proj, kernel.shape, heads))
 
 
 def _to_joined(kernel: np.ndarray, heads: int, proj: str) -> np.ndarray:
-    if kernel.ndim == 2:
-        return kernel
-    if proj == "out":
-        return kernel.reshape(-1, kernel.shape[-1])
-    return kernel.reshape(kernel.shape[0], -1)
+    return kernel.reshape(attention_layout.joined_shape(proj, kernel.shape))
 
 
 def from_t5x_params(target: Params) -> Params:

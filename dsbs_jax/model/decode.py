@@ -4,7 +4,8 @@ The encoder runs once; the decoder then takes one token per step, reading and ex
 'cache' collection (`cached_key`, `cached_value`, `cache_index` in each self-attention and the
 decoder's `position_index`). The decoder start token is 0 and tokens after EOS are 0 (padding).
 Each function compiles once per (model, max_decode_length[, beam_size]) and input shape;
-`eos_id` and `alpha` are traced, so changing them does not recompile.
+`eos_id` and `alpha` are traced, so changing them does not recompile. The network knows no
+vocabulary: the caller names the EOS id (`dsbs_jax.data.text.EOS_ID` for ours).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from dsbs_jax.data.text import EOS_ID
 from dsbs_jax.model.t5 import Transformer
 
 Array = jax.Array
@@ -102,7 +102,7 @@ def greedy_decode(
     params: Any,
     encoder_input_tokens: Array,
     max_decode_length: int,
-    eos_id: int = EOS_ID,
+    eos_id: int,
 ) -> Array:
     """Greedy decoding: tokens [batch, max_decode_length], 0 after each row's EOS."""
     return _greedy(
@@ -204,7 +204,8 @@ def beam_search(
     max_decode_length: int,
     beam_size: int = 4,
     alpha: float = 0.6,
-    eos_id: int = EOS_ID,
+    *,
+    eos_id: int,
 ) -> tuple[Array, Array]:
     """Beam search: best tokens [batch, max_decode_length] (0 after EOS) and scores [batch].
 
@@ -256,7 +257,8 @@ def score_sequences(
     encoder_input_tokens: Array,
     tokens: Array,
     alpha: float = 0.6,
-    eos_id: int = EOS_ID,
+    *,
+    eos_id: int,
 ) -> Array:
     """Beam-search score [batch] of decoded `tokens` [batch, length] (up to the first EOS)."""
     return _score(

@@ -13,6 +13,7 @@ from typing import Any
 
 from dsbs_jax import atomic
 from dsbs_jax.errors import UserError
+from dsbs_jax.names import mixture_or_task_name
 from dsbs_jax.report import plots, tables
 from dsbs_jax.report.results import SWEEP_FILE, RunResult, read_results
 
@@ -114,11 +115,12 @@ def write_report(out_dir: str) -> dict[str, str]:
     if teacher is not None:
         settings.append(f"- teacher accuracy on the same {split} examples: {teacher:.1f}%")
     lengths = core.get("lengths") or {}
+    gold_task = mixture_or_task_name(task, "gold_label")
     settings.append(
         "- a run's number is `dsbs eval` on its last checkpoint (the same evaluator): "
         f"`dsbs eval --gin_file={info.get('model_gin')} --gin_file=runs/eval.gin "
         "--gin.CHECKPOINT_PATH=\"'runs/<method>/<fraction>/<seed>/checkpoint_<steps>'\" "
-        f"--gin.MIXTURE_OR_TASK_NAME=\"'{task}_gold_label'\" --gin.EVAL_SPLIT=\"'{split}'\" "
+        f"--gin.MIXTURE_OR_TASK_NAME=\"'{gold_task}'\" --gin.EVAL_SPLIT=\"'{split}'\" "
         f"--gin.TASK_FEATURE_LENGTHS=\"{{'inputs': {lengths.get('inputs')}, "
         f"'targets': {lengths.get('labels')}}}\" --gin.EVAL_EXAMPLES={info.get('test_examples')}"
         + (f" --gin.VOCABULARY_PATH=\"'{core['vocabulary']}'\"" if core.get("vocabulary") else "")

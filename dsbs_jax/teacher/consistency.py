@@ -11,9 +11,9 @@ import dataclasses
 from collections import Counter
 
 from dsbs_jax.data.cards import TaskCard
+from dsbs_jax.data.parse import parse_output
 from dsbs_jax.metrics import EquationError, evaluate_equation, normalize
 from dsbs_jax.records import OK
-from dsbs_jax.teacher.parse import parse_output
 
 
 def vote_key(label: str, metric: str) -> str:

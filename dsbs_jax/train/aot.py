@@ -24,7 +24,7 @@ import numpy as np
 from dsbs_jax import errors, weighting
 from dsbs_jax.data import tasks as tasks_lib
 from dsbs_jax.errors import UserError
-from dsbs_jax.train import partitioning, run_dir, trainer
+from dsbs_jax.train import checks, partitioning, trainer
 from dsbs_jax.train import plan as plan_lib
 from dsbs_jax.train import step as step_lib
 
@@ -284,7 +284,7 @@ def plan_from_gin(data_dir: str | None = None) -> plan_lib.StepPlan:
     mixture, lengths = settings["mixture_or_task_name"], settings["task_feature_lengths"]
     weighting.tasks_and_rates(mixture)  # an unknown name: one line
     tasks_lib.bind_tasks(mixture, data_dir, settings["vocabulary_path"])
-    run_dir.check_train_settings(
+    checks.check_train_settings(
         mixture, lengths, settings["train_steps"], settings["batch_size"],
         settings["train_split"], check_lengths=False,
     )  # fmt: skip

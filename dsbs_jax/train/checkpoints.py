@@ -15,8 +15,8 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from dsbs_jax import interop, run_dir
 from dsbs_jax.errors import UserError
-from dsbs_jax.train import run_dir
 
 PREFIX = run_dir.CHECKPOINT_PREFIX
 DAMAGED_PREFIX = "damaged_"
@@ -204,14 +204,9 @@ def load_params(path: str, abstract_params: Any) -> Any:
     if not os.path.isdir(os.path.join(path, "params")):
         latest = _latest_in(path)
         if latest is None:
-            try:
-                from dsbs_jax.interop import load_any  # noqa: PLC0415
-            except ImportError:
-                load_any = None
-            if load_any is not None:
-                params = load_any(path, abstract_params)
-                if params is not None:
-                    return params
+            params = interop.load_any(path, abstract_params)
+            if params is not None:
+                return params
             raise UserError(f"{path}: not a dsbs-jax, T5X or Hugging Face checkpoint")
         path = latest
     return read_or_explain(

@@ -24,23 +24,17 @@ from dsbs_jax.errors import UserError
 PACKAGE_GIN_DIR = pathlib.Path(__file__).resolve().parents[1] / "gin_configs"
 
 
-def split_gin_args(argv: Sequence[str]) -> tuple[list[str], list[str]]:
-    """Splits `--gin.NAME=value` (and `--gin.NAME value`) out of argv into gin bindings."""
-    bindings, rest = [], []
-    it = iter(argv)
-    for arg in it:
-        if arg.startswith("--gin."):
-            body = arg[len("--gin.") :]
-            if "=" not in body:
-                value = next(it, None)
-                if value is None:
-                    raise UserError(f"{arg}: expected --gin.NAME=value")
-                body = f"{body}={value}"
-            name, value = body.split("=", 1)
-            bindings.append(f"{name} = {value}")
-        else:
-            rest.append(arg)
-    return bindings, rest
+def model_gin(name: str) -> str:
+    """The gin file of a model: `quickstart` -> models/quickstart.gin, or a .gin path."""
+    if name.endswith(".gin"):
+        if not os.path.isfile(name):
+            raise UserError(f"--model {name}: no such gin file")
+        return os.path.abspath(name)
+    folder = PACKAGE_GIN_DIR / "models"
+    if not (folder / f"{name}.gin").is_file():
+        known = ", ".join(sorted(p.stem for p in folder.glob("*.gin")))
+        raise UserError(f"--model {name!r}: not a model gin; known: {known}")
+    return f"models/{name}.gin"
 
 
 _REFERENCE = re.compile(r"(^|[\[(,\s])[@%][A-Za-z_]")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -98,6 +99,7 @@ class LogMetrics(Hook):
         self.every, self.writer = max(1, every), writer
         self.metrics_file = open(metrics_path, "a") if metrics_path else None
         self.t_last, self.steps_since, self.bar, self.start = time.time(), 0, None, None
+        self.rates: list[float] = []  # steps per second of each logged window of this run
 
     def due(self, state: RunState) -> bool:
         self.steps_since += 1
@@ -124,6 +126,7 @@ class LogMetrics(Hook):
         m["steps_per_second"] = self.steps_since / elapsed
         m["seqs_per_second"] = self.steps_since * state.batch_size / elapsed
         m["target_tokens_per_second"] = self.steps_since * state.target_tokens / elapsed
+        self.rates.append(m["steps_per_second"])
         self.t_last, self.steps_since = time.time(), 0
         if not math.isfinite(m["loss"]):
             raise UserError(
@@ -145,6 +148,12 @@ class LogMetrics(Hook):
                 f"{rate:.2f} steps/s  eta {eta:.0f}s",
                 flush=True,
             )
+
+    def step_seconds(self) -> float | None:
+        """Seconds per step after this run's first logged window (which holds the compile):
+        1 / the median rate of the later windows; None with fewer than two windows."""
+        rates = [r for r in self.rates[1:] if r]
+        return 1.0 / statistics.median(rates) if rates else None
 
     def on_end(self, state: RunState) -> None:
         if self.bar is not None:

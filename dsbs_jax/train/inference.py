@@ -17,9 +17,10 @@ from dsbs_jax.data import vocab as vocab_lib
 from dsbs_jax.data.text import LABEL_PREFIX, RATIONALE_PREFIX
 from dsbs_jax.errors import UserError, located
 from dsbs_jax.model.t5 import T5Config, Transformer, resolve_kernels
+from dsbs_jax.names import mixture_or_task_name
 from dsbs_jax.progress import Progress
 from dsbs_jax.records import iter_jsonl
-from dsbs_jax.train import checkpoints, evaluation, partitioning, run_dir
+from dsbs_jax.train import checkpoints, checks, evaluation, partitioning
 from dsbs_jax.train.plan import model_config_for
 from dsbs_jax.train.step import mesh_platform
 
@@ -51,9 +52,9 @@ def evaluate_checkpoint(
     data_dir: str | None = None,
 ) -> dict[str, float]:
     """Scores a checkpoint on a split with the tasks' metrics; returns `{task/metric: value}`."""
-    run_dir.check_feature_lengths(task_feature_lengths)
-    run_dir.require_int("BATCH_SIZE", batch_size)
-    run_dir.require_int("EVAL_EXAMPLES", num_examples, allow_none=True)
+    checks.check_feature_lengths(task_feature_lengths)
+    checks.require_int("BATCH_SIZE", batch_size)
+    checks.require_int("EVAL_EXAMPLES", num_examples, allow_none=True)
     tasks_lib.bind_tasks(mixture_or_task_name, data_dir, vocabulary_path)
     lengths = (task_feature_lengths["inputs"], task_feature_lengths["targets"])
     model, params, mesh, rules = load_model(
@@ -114,16 +115,16 @@ def predict_file(
 
     Greedy decoding, or beam search with `beam_size` > 1 (best beam)."""
     for name, value in (("INPUT_LENGTH", input_length), ("TARGET_LENGTH", target_length)):
-        run_dir.require_int(name, value, minimum=2)
-    run_dir.require_int("BATCH_SIZE", batch_size)
-    run_dir.require_int("BEAM_SIZE", beam_size)
+        checks.require_int(name, value, minimum=2)
+    checks.require_int("BATCH_SIZE", batch_size)
+    checks.require_int("BEAM_SIZE", beam_size)
     if os.path.isdir(output_file):
         raise UserError(f"--output_file {output_file}: is a directory, expected a file")
     card = cards_lib.load_card(task)
     rows = _read_inputs(input_file, card)
     if not rows:
         raise UserError(f"{input_file}: no inputs")
-    name = f"{card.name}_label"
+    name = mixture_or_task_name(card.name, "label")
     tasks_lib.bind_tasks(name, data_dir, vocabulary_path)
     vocab = vocab_lib.get_vocabulary(name)
     model, params, mesh, rules = load_model(

@@ -165,28 +165,6 @@ def initialize(
     return spec
 
 
-def add_arguments(parser) -> None:
-    """The multi-host flags of `dsbs train`."""
-    group = parser.add_argument_group("multi-host (one process per host)")
-    group.add_argument(
-        "--multihost",
-        action="store_true",
-        help="call jax.distributed.initialize() first (coordinator from the flags below, "
-        "DSBS_COORDINATOR/DSBS_NUM_PROCESSES/DSBS_PROCESS_ID, SLURM, or a TPU VM)",
-    )
-    group.add_argument("--coordinator_address", default=None, help="HOST:PORT of process 0")
-    group.add_argument("--num_processes", type=int, default=None, help="processes in the job")
-    group.add_argument("--process_id", type=int, default=None, help="this process's index")
-
-
-def initialize_from_args(args) -> ClusterSpec | None:
-    """`initialize()` when --multihost or any coordinator flag was given; else nothing."""
-    flags = (args.coordinator_address, args.num_processes, args.process_id)
-    if not args.multihost and all(f is None for f in flags):
-        return None
-    return initialize(*flags)
-
-
 def agree(flag: bool) -> bool:
     """Process 0's value of `flag`, on every process (a collective: all must call it)."""
     if jax.process_count() == 1:

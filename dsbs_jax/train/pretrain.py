@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 from dsbs_jax.data import pretrain as pretrain_data
 from dsbs_jax.errors import UserError
+from dsbs_jax.train import gin_utils, trainer
 from dsbs_jax.train import hooks as hooks_lib
 
 RUN_GIN = "runs/pretrain.gin"
@@ -99,9 +100,6 @@ def pretrain(
     `lengths`: TASK_FEATURE_LENGTHS (default T5's 512 / 114). `gin_bindings`: more
     `NAME = value` bindings, applied last. Bad input is a one-line UserError, raised before
     MODEL_DIR is touched."""
-    from dsbs_jax.experiments.sweep import model_gin
-    from dsbs_jax.train import gin_utils, trainer
-
     lengths = dict(lengths or pretrain_data.pretrain_lengths())
     pretrain_data.check_lengths(lengths)
     for name, value in (("--steps", steps), ("--batch_size", batch_size)):
@@ -119,7 +117,7 @@ def pretrain(
     if jsonl_files:
         bindings.append(f"PRETRAIN_JSONL_FILES = {[os.fspath(f) for f in jsonl_files]!r}")
         bindings.append(f"PRETRAIN_JSONL_FIELD = {jsonl_field!r}")
-    gin_utils.parse_gin([model_gin(model), RUN_GIN], [*bindings, *gin_bindings])
+    gin_utils.parse_gin([gin_utils.model_gin(model), RUN_GIN], [*bindings, *gin_bindings])
     throughput = Throughput()
     result = trainer.train(hooks=[throughput])
     seconds = max(throughput.seconds, 1e-9)

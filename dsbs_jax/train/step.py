@@ -13,6 +13,7 @@ import optax
 
 from dsbs_jax import weighting
 from dsbs_jax.model import t5
+from dsbs_jax.model.attention_layout import joined_shape, joined_spec
 from dsbs_jax.train import checkpoints, losses, partitioning
 
 BATCH_KEYS = (
@@ -58,24 +59,16 @@ class Programs:
     step: Any  # (params, opt_state, step, batch, dropout_key) -> (params, opt_state, aux)
 
 
-# Attention kernels are 3-D here ([embed, heads, kv], out [heads, kv, embed]) and 2-D in T5X.
-# Adafactor factors a parameter's second moment over its two largest dimensions, and only when
-# both have 128 or more entries: for [768, 12, 64] that is not the case, so it would keep a full
-# second moment (as large as the kernel) where T5X keeps a row and a column. The optimizer sees
-# these kernels as the [embed, heads * kv] and [heads * kv, embed] matrices T5X has.
-_JOIN_LAST = ("query", "key", "value")
-_JOIN_FIRST = ("out",)
-
-
+# Attention kernels are 3-D here and 2-D in T5X (`model.attention_layout`). Adafactor factors a
+# parameter's second moment over its two largest dimensions, and only when both have 128 or more
+# entries: for [768, 12, 64] that is not the case, so it would keep a full second moment (as large
+# as the kernel) where T5X keeps a row and a column. The optimizer sees these kernels as the
+# [embed, heads * kv] and [heads * kv, embed] matrices T5X has.
 def _matrix_shape(path, shape: tuple[int, ...]) -> tuple[int, ...]:
     names = [getattr(k, "key", None) for k in path]
-    if len(shape) != 3 or len(names) < 2 or names[-1] != "kernel":
+    if len(names) < 2 or names[-1] != "kernel":
         return shape
-    if names[-2] in _JOIN_LAST:
-        return (shape[0], shape[1] * shape[2])
-    if names[-2] in _JOIN_FIRST:
-        return (shape[0] * shape[1], shape[2])
-    return shape
+    return joined_shape(names[-2], shape)
 
 
 def _as_matrix(path, x):
@@ -109,10 +102,7 @@ def _view_spec(path, spec: tuple, ndim: int) -> tuple:
     spec = tuple(spec) + (None,) * (ndim - len(spec))
     names = _names(path)
     if ndim == 3 and len(names) >= 2 and names[-1] == "kernel":
-        if names[-2] in _JOIN_LAST:
-            return (spec[0], spec[1] or spec[2])
-        if names[-2] in _JOIN_FIRST:
-            return (spec[0] or spec[1], spec[2])
+        return joined_spec(names[-2], spec)
     return spec
 
 

@@ -24,16 +24,16 @@ import jax.numpy as jnp
 import optax
 from clu import metric_writers
 
-from dsbs_jax import weighting
+from dsbs_jax import run_dir, weighting
 from dsbs_jax.data import tasks as tasks_lib
 from dsbs_jax.errors import UserError
 from dsbs_jax.model.t5 import T5Config
 from dsbs_jax.train import (
     checkpoints,
+    checks,
     evaluation,
     input_pipeline,
     partitioning,
-    run_dir,
 )
 from dsbs_jax.train import hooks as hooks_lib
 from dsbs_jax.train import plan as plan_lib
@@ -44,13 +44,16 @@ log = logging.getLogger("dsbs.train")
 
 @dataclasses.dataclass
 class TrainResult:
-    """What a run ended with: its last step, last metrics and the final evaluation."""
+    """What a run ended with: its last step, last metrics and the final evaluation, and how
+    fast it stepped (`step_seconds`: seconds per step after its first logged window, which
+    holds the compile; None when it logged fewer than two windows)."""
 
     step: int
     train_metrics: dict[str, float]
     eval_metrics: dict[str, float]
     test_metrics: dict[str, float]
     model_dir: str
+    step_seconds: float | None = None
 
 
 def settings_from_gin() -> dict:
@@ -120,13 +123,13 @@ def train(
     # Everything is checked before MODEL_DIR is touched; config.gin is written once the state
     # is restored (run_dir.write_config, below), and only by a run that will train.
     # The quick checks first; reading examples to check their lengths comes last.
-    run_dir.check_train_settings(
+    checks.check_train_settings(
         mixture_or_task_name, task_feature_lengths, train_steps, batch_size, train_split,
         eval_period=eval_period, log_every=log_every, checkpoint_period=checkpoint_period,
         eval_batch_size=eval_batch_size, random_seed=random_seed, check_lengths=False,
         input_threads=input_threads,
     )  # fmt: skip
-    model_dir = run_dir.check_model_dir(model_dir)
+    model_dir = checks.check_model_dir(model_dir)
     if initial_checkpoint_path and not os.path.exists(initial_checkpoint_path):
         raise UserError(f"INITIAL_CHECKPOINT_PATH {initial_checkpoint_path}: no such checkpoint")
     mesh = mesh or partitioning.make_mesh()
@@ -143,14 +146,14 @@ def train(
         loss_weighting, z_loss, optimizer, learning_rate_fn, cache,
     )  # fmt: skip
     if check_lengths:
-        run_dir.check_lengths(mixture_or_task_name, task_feature_lengths, train_split)
+        checks.check_lengths(mixture_or_task_name, task_feature_lengths, train_split)
 
     # ---------------------------------------------------------------- checkpoints: where do we start?
     ckpt = checkpoints.Checkpointer(
         model_dir, keep_checkpoints, checkpoint_period, checkpoint_every_secs
     )
     start_step = ckpt.latest_step() or 0
-    run_dir.check_progress(model_dir, start_step, train_steps)
+    checks.check_progress(model_dir, start_step, train_steps)
 
     # ---------------------------------------------------------------- data
     ds, task_names, _ = input_pipeline.build_dataset(
@@ -175,11 +178,11 @@ def train(
         restored = None
         if start_step:
             restored = checkpoints.restore_newest_readable(
-                ckpt, built.abstract_params, built.abstract_opt, say=run_dir.say_for(is_main)
+                ckpt, built.abstract_params, built.abstract_opt, say=checks.say_for(is_main)
             )
         if restored is not None:
             start_step, params, opt_state, meta = restored
-            run_dir.say_for(is_main)(
+            checks.say_for(is_main)(
                 f"resumed from {model_dir}/checkpoint_{start_step} "
                 f"(data position {meta.get('data_position')})"
             )
@@ -254,11 +257,12 @@ def train(
         return result
 
     os.makedirs(os.path.join(model_dir, "train"), exist_ok=True)
-    metrics_path = os.path.join(model_dir, "train", "metrics.jsonl") if is_main else None
+    metrics_path = os.path.join(model_dir, run_dir.METRICS_FILE) if is_main else None
+    log_metrics = hooks_lib.LogMetrics(writer("train"), log_every, metrics_path)
     state.hooks = [
         *([hooks_lib.Evaluate(eval_split, eval_period, evaluate)] if eval_period else []),
         *hooks,
-        hooks_lib.LogMetrics(writer("train"), log_every, metrics_path),
+        log_metrics,
         hooks_lib.SaveCheckpoints(ckpt, log_every, random_seed),
         *([hooks_lib.Evaluate(test_split, 0, evaluate, at_end_only=True)] if test_split else []),
     ]
@@ -304,5 +308,10 @@ def train(
                 ckpt.close()
     eval_writer.flush()
     return TrainResult(
-        state.step, state.train_metrics, state.eval_metrics, state.test_metrics, model_dir
+        state.step,
+        state.train_metrics,
+        state.eval_metrics,
+        state.test_metrics,
+        model_dir,
+        log_metrics.step_seconds(),
     )

@@ -9,19 +9,10 @@ from __future__ import annotations
 
 import random
 
+from dsbs_jax.builtin.arith import simulate_teacher
 from dsbs_jax.data.cards import TaskCard
 from dsbs_jax.errors import UserError
 from dsbs_jax.teacher.backends.base import Completion, Request, SamplingParams
-
-
-def _simulate_fn():
-    try:
-        from dsbs_jax.builtin.arith import simulate_teacher
-    except ImportError:
-        raise UserError(
-            "the simulated teacher needs the built-in task (dsbs_jax.builtin.arith.simulate_teacher)"
-        ) from None
-    return simulate_teacher
 
 
 class SimulatedBackend:
@@ -37,7 +28,6 @@ class SimulatedBackend:
                 f"--backend simulated works on the built-in task only; card {card.name!r} "
                 f"has reader {card.reader!r}"
             )
-        self._simulate = _simulate_fn()
         self.seed = seed
         self.model = f"simulated-{card.name}"
 
@@ -45,7 +35,7 @@ class SimulatedBackend:
         texts = []
         for k in range(params.n):
             rng = random.Random(f"{self.seed}:{request.id}:{k}")
-            texts.append(str(self._simulate(dict(request.fields), rng)))
+            texts.append(str(simulate_teacher(dict(request.fields), rng)))
         return Completion(texts=texts, finish_reasons=["stop"] * len(texts))
 
     def close(self) -> None:

@@ -1,13 +1,10 @@
-"""The run's record in MODEL_DIR: settings checked before anything is written, `config.gin`
-written only by a run that trains, and `train/metrics.jsonl` cut back to the resumed step.
-
-`dsbs export` and `dsbs eval` read `config.gin` as the truth about a run, so a run that fails
-its checks, or changes nothing, never touches it.
+"""The checks of a run's settings, made before anything is written to MODEL_DIR: types and sizes
+of the gin settings, the split, the feature lengths against the data, MODEL_DIR itself and the
+step it is trained to. What a run directory holds is `dsbs_jax.run_dir`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -15,14 +12,10 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from dsbs_jax import atomic
 from dsbs_jax.errors import UserError
 from dsbs_jax.weighting import tasks_and_rates
 
 log = logging.getLogger("dsbs.train")
-
-CONFIG_FILE = "config.gin"
-METRICS_FILE = os.path.join("train", "metrics.jsonl")
 
 
 def require_int(name: str, value: Any, minimum: int | None = 1, allow_none: bool = False) -> None:
@@ -53,31 +46,6 @@ def check_feature_lengths(lengths: Any, name: str = "TASK_FEATURE_LENGTHS") -> N
         if key not in lengths:
             raise UserError(f"{name} has no {key!r} length (got {dict(lengths)!r})")
         require_int(f"{name}[{key!r}]", lengths[key])
-
-
-CHECKPOINT_PREFIX = "checkpoint"  # `checkpoint_<step>`: ours (orbax) and T5X's alike
-
-
-def checkpoint_steps(model_dir: str | os.PathLike, holding: str | None = None) -> list[int]:
-    """Steps of the `checkpoint_<step>` folders in model_dir, newest first; with `holding`,
-    only those that hold that entry (`params` for ours)."""
-    model_dir = os.fspath(model_dir)
-    if not os.path.isdir(model_dir):
-        return []
-    steps = []
-    for name in os.listdir(model_dir):
-        head, _, tail = name.partition("_")
-        folder = os.path.join(model_dir, name)
-        if head == CHECKPOINT_PREFIX and tail.isdigit() and os.path.isdir(folder):
-            if holding is None or os.path.exists(os.path.join(folder, holding)):
-                steps.append(int(tail))
-    return sorted(steps, reverse=True)
-
-
-def step_of(checkpoint_folder: str | os.PathLike) -> int | None:
-    """The step of a `checkpoint_<step>` folder's name, or None."""
-    head, _, tail = os.path.basename(os.path.normpath(checkpoint_folder)).partition("_")
-    return int(tail) if head == CHECKPOINT_PREFIX and tail.isdigit() else None
 
 
 def check_model_dir(model_dir: Any) -> str:
@@ -138,41 +106,6 @@ def check_progress(model_dir: str, trained_step: int, train_steps: int) -> None:
             f"{model_dir} is already trained to step {trained_step}, past TRAIN_STEPS={train_steps}: "
             f"nothing to train (raise TRAIN_STEPS to continue it, or use a new MODEL_DIR)"
         )
-
-
-def write_config(model_dir: str, config_str: str, start_step: int, train_steps: int) -> bool:
-    """Writes MODEL_DIR/config.gin (atomically) when this run will train; returns whether it did.
-
-    A run that starts at its last step trains nothing, so the record of the run that did stays.
-    """
-    if start_step >= train_steps and os.path.exists(os.path.join(model_dir, CONFIG_FILE)):
-        return False
-    atomic.write_text_atomic(os.path.join(model_dir, CONFIG_FILE), config_str)
-    return True
-
-
-def truncate_metrics(model_dir: str, step: int) -> int:
-    """Drops rows of train/metrics.jsonl past `step` (written before a kill, to be replayed).
-
-    Returns how many rows were dropped; the file is rewritten atomically only when some are.
-    """
-    path = os.path.join(model_dir, METRICS_FILE)
-    if not os.path.exists(path):
-        return 0
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().splitlines()
-    keep = []
-    for line in lines:
-        try:
-            row_step = json.loads(line).get("step")
-        except (json.JSONDecodeError, AttributeError):
-            continue  # a line cut short by a kill
-        if isinstance(row_step, int) and row_step <= step:
-            keep.append(line)
-    dropped = len(lines) - len(keep)
-    if dropped:
-        atomic.write_text_atomic(path, "".join(f"{line}\n" for line in keep))
-    return dropped
 
 
 def check_train_settings(

@@ -22,12 +22,13 @@ import numpy as np
 from flax import traverse_util
 
 import dsbs_jax.tasks  # noqa: F401 - registers the tasks (a run's vocabulary is its task's)
+from dsbs_jax import run_dir
 from dsbs_jax.data.tasks import bind_tasks
 from dsbs_jax.data.vocab import get_vocabulary
 from dsbs_jax.errors import UserError
 from dsbs_jax.interop import detect, fit_to, hf, load_params_numpy, t5x
 from dsbs_jax.model.t5 import T5Config, Transformer
-from dsbs_jax.train import checkpoints, gin_utils, run_dir
+from dsbs_jax.train import checkpoints, gin_utils
 
 Params = dict[str, Any]
 FORMATS = ("hf", "t5x")

@@ -1,7 +1,9 @@
 """Parsing a teacher's raw chain-of-thought continuation into (rationale, label, status).
 
 One parser for every path (released files, a live LLM, the simulated teacher), driven by the
-task card's ParseRule, following the rules of the paper's released code.
+task card's ParseRule, following the rules of the paper's released code. It lives with the data
+because the readers of released files (`sources`) parse too; `teacher` imports `data`, never the
+other way round.
 """
 
 from __future__ import annotations
