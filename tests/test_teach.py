@@ -66,26 +66,30 @@ def test_backend_factory_and_sampling_defaults(arith_source, tmp_path):
     with pytest.raises(UserError, match="no output matches any of the 3 inputs"):
         teach_lib.check_outputs_match(files, teach_lib.load_inputs(card, sel))
 
-    plain = teach_lib.sampling_params(card, "simulated")
+    plain = teach_lib.Sampling().params(card, "simulated")
     assert (plain.temperature, plain.n, plain.stop, plain.seed) == (0.0, 1, ("Q:",), None)
-    several = teach_lib.sampling_params(card, "openai", n=5, seed=7, stop=["\n\n"])
+    several = teach_lib.Sampling(n=5, seed=7, stop=("\n\n",)).params(card, "openai")
     assert (several.temperature, several.stop, several.seed) == (0.7, ("\n\n",), 7)
     with pytest.raises(UserError, match="--self_consistency needs --n 2 or more"):
-        teach_lib.sampling_params(card, "files", self_consistency=True)
+        teach_lib.Sampling(self_consistency=True).params(card, "files")
     with pytest.raises(UserError, match="--max_tokens 0: must be at least 1"):
-        teach_lib.sampling_params(card, "files", max_tokens=0)
+        teach_lib.Sampling(max_tokens=0).params(card, "files")
 
 
 def test_teach_with_the_simulated_backend(arith_source, tmp_path):
     sel = Selection("train", source_dir=arith_source, limit=4)
-    result = teach_lib.teach("arith", sel, tmp_path / "o", seed=2, progress=False)
+    result = teach_lib.teach(
+        "arith", sel, tmp_path / "o", sampling=teach_lib.Sampling(seed=2), progress=False
+    )
     assert result.records_path == tmp_path / "o" / "arith_train.jsonl"
     records = read_records(result.records_path)
     assert len(records) == 4 and result.stats.inputs == 4 and result.stats.failed == 0
     stats = json.loads(result.stats_path.read_text())
     assert stats["backend"] == "simulated" and stats["split"] == "train" and stats["inputs"] == 4
     assert "teach arith train: 4 inputs" in result.summary()
-    again = teach_lib.teach("arith", sel, tmp_path / "o2", seed=2, progress=False)
+    again = teach_lib.teach(
+        "arith", sel, tmp_path / "o2", sampling=teach_lib.Sampling(seed=2), progress=False
+    )
     assert [r.raw for r in read_records(again.records_path)] == [r.raw for r in records]
     prompt = teach_lib.prompt_for("arith", sel, index=1)
     assert prompt.startswith("Q: ") and records[1].input in prompt

@@ -90,12 +90,15 @@ def run(args: argparse.Namespace) -> int:
     openai = teach_lib.OpenAISettings(
         **{f.name: getattr(args, f.name) for f in dataclasses.fields(teach_lib.OpenAISettings)}
     )
+    sampling = teach_lib.Sampling(
+        temperature=args.temperature, max_tokens=args.max_tokens,
+        stop=tuple(args.stop) if args.stop else None, n=args.n, top_p=args.top_p,
+        seed=args.seed, self_consistency=args.self_consistency,
+    )  # fmt: skip
     result = teach_lib.teach(
         args.task, selection, args.out, backend=args.backend, exemplars=args.exemplars,
-        teacher_file=args.teacher_file, openai=openai, temperature=args.temperature,
-        max_tokens=args.max_tokens, stop=args.stop, n=args.n, top_p=args.top_p, seed=args.seed,
-        self_consistency=args.self_consistency, progress=not args.no_progress,
-        progress_every=args.progress_every,
+        teacher_file=args.teacher_file, openai=openai, sampling=sampling,
+        progress=not args.no_progress, progress_every=args.progress_every,
     )  # fmt: skip
     print(result.summary())
     if result.stats.failed:

@@ -153,37 +153,40 @@ def check_outputs_match(
         )
 
 
-def sampling_params(
-    card: TaskCard,
-    backend: str,
-    *,
-    temperature: float | None = None,
-    max_tokens: int = 256,
-    stop: list[str] | tuple[str, ...] | None = None,
-    n: int = 1,
-    top_p: float | None = None,
-    seed: int | None = None,
-    self_consistency: bool = False,
-) -> SamplingParams:
-    """How the teacher samples. Defaults: temperature 0, or 0.7 when n > 1; stop at the card's
-    cut; the seed is sent to the server only (the openai backend)."""
-    if n < 1:
-        raise UserError(f"--n {n}: must be at least 1")
-    if self_consistency and n < 2:
-        raise UserError("--self_consistency needs --n 2 or more (e.g. --n 5)")
-    if max_tokens < 1:
-        raise UserError(f"--max_tokens {max_tokens}: must be at least 1")
-    if temperature is None:
-        temperature = 0.7 if n > 1 else 0.0
-    stops = tuple(stop) if stop else ((card.parse.cut,) if card.parse.cut else ())
-    return SamplingParams(
-        temperature=temperature,
-        max_tokens=max_tokens,
-        stop=stops,
-        n=n,
-        top_p=top_p,
-        seed=seed if backend == "openai" else None,
-    )
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+    """How the teacher is asked to sample (`dsbs teach`'s sampling flags). temperature None: 0,
+    or 0.7 when n > 1; stop None: the card's cut; the seed is sent to an openai server and seeds
+    the simulated teacher."""
+
+    temperature: float | None = None
+    max_tokens: int = 256
+    stop: tuple[str, ...] | None = None
+    n: int = 1
+    top_p: float | None = None
+    seed: int | None = None
+    self_consistency: bool = False
+
+    def params(self, card: TaskCard, backend: str) -> SamplingParams:
+        """The backend's sampling parameters, the defaults settled for this card and backend."""
+        if self.n < 1:
+            raise UserError(f"--n {self.n}: must be at least 1")
+        if self.self_consistency and self.n < 2:
+            raise UserError("--self_consistency needs --n 2 or more (e.g. --n 5)")
+        if self.max_tokens < 1:
+            raise UserError(f"--max_tokens {self.max_tokens}: must be at least 1")
+        temperature = self.temperature
+        if temperature is None:
+            temperature = 0.7 if self.n > 1 else 0.0
+        stops = tuple(self.stop) if self.stop else ((card.parse.cut,) if card.parse.cut else ())
+        return SamplingParams(
+            temperature=temperature,
+            max_tokens=self.max_tokens,
+            stop=stops,
+            n=self.n,
+            top_p=self.top_p,
+            seed=self.seed if backend == "openai" else None,
+        )
 
 
 def _card(task: str | TaskCard) -> TaskCard:
@@ -235,13 +238,7 @@ def teach(
     exemplars: str | os.PathLike | None = None,
     teacher_file: str | os.PathLike | None = None,
     openai: OpenAISettings | None = None,
-    temperature: float | None = None,
-    max_tokens: int = 256,
-    stop: list[str] | tuple[str, ...] | None = None,
-    n: int = 1,
-    top_p: float | None = None,
-    seed: int | None = None,
-    self_consistency: bool = False,
+    sampling: Sampling = Sampling(),
     progress: bool = True,
     progress_every: float = 10.0,
     log: Callable[[str], None] = print,
@@ -254,13 +251,10 @@ def teach(
     backend = backend or default_backend(card)
     shots = load_exemplars(card, exemplars) if exemplars else None
     inputs = load_inputs(card, selection)
-    params = sampling_params(
-        card, backend, temperature=temperature, max_tokens=max_tokens, stop=stop, n=n,
-        top_p=top_p, seed=seed, self_consistency=self_consistency,
-    )  # fmt: skip
+    params = sampling.params(card, backend)
     openai = openai or OpenAISettings()
     teacher = make_backend(
-        card, backend, selection, teacher_file=teacher_file, seed=seed, openai=openai
+        card, backend, selection, teacher_file=teacher_file, seed=sampling.seed, openai=openai
     )
     check_outputs_match(teacher, inputs, log)
     out = pathlib.Path(out)
@@ -274,7 +268,7 @@ def teach(
         records_path,
         cache_dir=out / "cache",
         exemplars=shots,
-        self_consistency=self_consistency,
+        self_consistency=sampling.self_consistency,
         progress=progress,
         progress_every=progress_every,
     )
@@ -284,7 +278,7 @@ def teach(
         "backend": backend,
         "model": teacher.model,
         "sampling": params.key(),
-        "self_consistency": self_consistency,
+        "self_consistency": sampling.self_consistency,
     }
     if backend == "openai":
         settings |= {"endpoint": openai.endpoint, "base_url": _server(openai.base_url)}
