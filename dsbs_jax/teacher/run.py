@@ -14,6 +14,7 @@ import pathlib
 import urllib.parse
 from collections.abc import Callable
 
+from dsbs_jax.data import paths
 from dsbs_jax.data.cards import TaskCard, load_card
 from dsbs_jax.data.sources import read_jsonl, read_released
 from dsbs_jax.errors import UserError
@@ -63,8 +64,10 @@ def source_dir(card: TaskCard, given: str | os.PathLike | None) -> pathlib.Path:
     """The folder of the card's gold files: `given`, else $DSBS_DATA_DIR/<task>."""
     if given:
         return pathlib.Path(given)
-    if os.environ.get("DSBS_DATA_DIR"):
-        return pathlib.Path(os.environ["DSBS_DATA_DIR"]) / card.name
+    # The same variable as the prepared data's root (`data.paths`), read here as the root of the
+    # released source folders, one per task (no TFDS_DATA_DIR fallback: that holds TFDS data).
+    if os.environ.get(paths.DATA_DIR_ENV):
+        return pathlib.Path(os.environ[paths.DATA_DIR_ENV]) / card.name
     raise UserError("--source_dir: required (or --inputs FILE, or set DSBS_DATA_DIR)")
 
 
