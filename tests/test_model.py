@@ -352,6 +352,22 @@ def test_gin_model_configs_and_public_sizes():
     assert n == counts.num_params(small)
 
 
+def test_every_model_gin_leaves_kernels_to_the_entry_point():
+    """The library's default is 'plain'; every model gin binds KERNELS ('auto' unless the user
+    says otherwise), so a run on CPU keeps the CPU kernels whatever gin names its model."""
+    gins = sorted(GIN_DIR.glob("*.gin"))
+    assert len(gins) >= 10
+    for path in gins:
+        gin.clear_config()
+        try:
+            gin.parse_config_file(str(path))
+            assert t5.T5Config().kernels == "auto", path.name
+            gin.parse_config("KERNELS = 'plain'")
+            assert t5.T5Config().kernels == "plain", path.name
+        finally:
+            gin.clear_config()
+
+
 def test_kernels_plain_by_default_and_auto_settled_before_the_network():
     """The library's default is T5X's shape of computation; 'auto' (the model gins') is settled by
     the entry point that knows the devices, and the network refuses it unsettled."""
