@@ -28,6 +28,16 @@ SHARED_DATA = pathlib.Path(
 )
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _gin_config_ends_with_its_file():
+    """A test file's gin bindings end with it: `make test` runs several files in one process, and
+    a T5Config built later (a gin-configurable class) would otherwise take their values."""
+    yield
+    import gin
+
+    gin.clear_config()
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> pathlib.Path:
     """The paper's released data (../shared/data/dsbs); skips the test where it is absent."""

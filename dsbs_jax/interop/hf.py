@@ -147,6 +147,7 @@ def config_from_hf(
         logits_via_embedding=bool(scaled and tied_head),
         relative_attention_num_buckets=int(cfg.get("relative_attention_num_buckets", 32)),
         relative_attention_max_distance=int(cfg.get("relative_attention_max_distance", 128)),
+        kernels="plain",  # said here, not left to a gin config the process may hold
     )
 
 
